@@ -1,0 +1,1 @@
+"""The consumer: a Faust worker group writing scorecards to their ClickHouse shards."""

@@ -1,0 +1,1 @@
+"""The producer: pages scorecards out of Postgres onto Kafka; the request service."""

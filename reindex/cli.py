@@ -1,0 +1,270 @@
+"""``reindex``: one console command with subcommands (SPEC §5).
+
+Only :class:`ReindexError` is caught here: it becomes one line on stderr and its exit code (2 for
+bad input). Usage errors become one line and exit 2. Anything else is a bug and keeps its traceback;
+``--debug`` shows the traceback of our own errors too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from reindex_common.errors import BadInputError, ReindexError
+from reindex_common.messages import parse_time
+from reindex_common.settings import Settings, load_settings
+
+log = logging.getLogger("reindex")
+
+
+class _Context:
+    debug = False
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Client libraries are chatty at INFO; their warnings still show.
+    for noisy in ("aiokafka", "kafka", "faust", "mode", "urllib3", "clickhouse_connect"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option(
+    "--log-level",
+    default="INFO",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Log level of the reindexer's own messages (stderr).",
+)
+def cli(debug: bool, log_level: str) -> None:
+    """Reindex scorecards from Postgres into a sharded ClickHouse through Kafka."""
+    _Context.debug = debug
+    _configure_logging("DEBUG" if debug else log_level)
+
+
+# --- schema ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def schema() -> None:
+    """Create the target (and source) tables."""
+
+
+@schema.command("init")
+@click.option("--source", is_flag=True, help="Also create the Postgres source tables of SPEC §2.")
+def schema_init(source: bool) -> None:
+    """Create the ClickHouse database and tables on every shard (idempotent)."""
+    from reindex_common.clickhouse import init_target_schema  # noqa: PLC0415
+    from reindex_common.pg import init_source_schema  # noqa: PLC0415
+
+    settings = _settings()
+    if source:
+        init_source_schema(settings.director_dsn, settings.historic_dsn)
+        click.echo(
+            "source tables ready: director.scorecard_template_revisions, "
+            "director.scorecards, historic.scorecard_scores"
+        )
+    init_target_schema(settings.shards, settings.clickhouse_database)
+    click.echo(
+        f"target tables ready on {len(settings.shards)} shard(s) in database "
+        f"{settings.clickhouse_database}: scorecards, scorecard_scores"
+    )
+
+
+# --- seed --------------------------------------------------------------------------------------
+
+
+def _positive(_ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if value < 1:
+        raise click.BadParameter("must be at least 1", param=param)
+    return value
+
+
+@cli.command()
+@click.option(
+    "--scorecards",
+    default=20_000,
+    show_default=True,
+    callback=_positive,
+    help="How many scorecards to generate.",
+)
+@click.option(
+    "--seed",
+    "seed_value",
+    default=42,
+    show_default=True,
+    help="Random seed: the same seed gives the same rows.",
+)
+@click.option(
+    "--start",
+    default="2026-01-01T00:00:00Z",
+    show_default=True,
+    help="Earliest created_at (ISO 8601).",
+)
+@click.option(
+    "--days",
+    default=180,
+    show_default=True,
+    callback=_positive,
+    help="Spread created_at over this many days.",
+)
+@click.option(
+    "--mean-scores",
+    default=10,
+    show_default=True,
+    callback=_positive,
+    help="Average number of scores per scorecard.",
+)
+def seed(scorecards: int, seed_value: int, start: str, days: int, mean_scores: int) -> None:
+    """Write deterministic synthetic scorecards and scores to Postgres (creates the tables)."""
+    from reindex_common.pg import init_source_schema  # noqa: PLC0415
+    from reindex_common.seed import SeedPlan  # noqa: PLC0415
+    from reindex_common.seed import seed as run_seed  # noqa: PLC0415
+
+    plan = SeedPlan(scorecards, seed_value, parse_time(start), days, mean_scores)
+    settings = _settings()
+    init_source_schema(settings.director_dsn, settings.historic_dsn)
+    result = run_seed(settings.director_dsn, settings.historic_dsn, plan)
+    click.echo(
+        f"seeded {result.scorecards} new scorecards and {result.scores} new scores "
+        f"(seed {seed_value}), created_at in [{plan.start.isoformat()}, {plan.end.isoformat()})"
+    )
+
+
+# --- devstack ----------------------------------------------------------------------------------
+
+
+def _devstack_dir() -> Path:
+    return Path(os.environ.get("REINDEX_DEVSTACK_DIR", ".devstack"))
+
+
+@cli.group()
+def devstack() -> None:
+    """The embedded local stack (Kafka-protocol broker, ClickHouse shards) — never production."""
+
+
+@devstack.command("up")
+@click.option(
+    "--shards",
+    default=2,
+    show_default=True,
+    callback=_positive,
+    help="Number of ClickHouse shards.",
+)
+@click.option("--kafka-port", default=9092, show_default=True, help="Broker port.")
+@click.option(
+    "--clickhouse-port",
+    default=8123,
+    show_default=True,
+    help="HTTP port of shard 0; shard i listens on this port + i.",
+)
+def devstack_up(shards: int, kafka_port: int, clickhouse_port: int) -> None:
+    """Start the stack, or reuse the one already running (state and logs in .devstack/)."""
+    from reindex_common.devstack.stack import StackConfig, up  # noqa: PLC0415
+    from reindex_common.settings import mask_url  # noqa: PLC0415
+
+    settings = _settings()
+    config = StackConfig(
+        _devstack_dir(), shards, kafka_port, clickhouse_port, pg_dsn=settings.director_dsn
+    )
+    state = up(config, say=lambda line: click.echo(line, err=True))
+    pg_kind = "embedded-postgres" if state.pg_embedded else "existing server"
+    click.echo(f"Postgres     {mask_url(state.pg_dsn)} ({pg_kind})")
+    click.echo(f"Kafka        {state.kafka_bootstrap} (Tansu, in-memory, pid {state.kafka.pid})")
+    for i, (url, proc) in enumerate(zip(state.shard_urls, state.shards, strict=True)):
+        label = "ClickHouse" if i == 0 else ""
+        click.echo(f"{label:<12} shard {i} {url} (chdb, pid {proc.pid})")
+    click.echo(f"State, logs  {state.root}")
+    click.echo('Point the other commands at it:  eval "$(reindex devstack env)"')
+
+
+@devstack.command("down")
+@click.option("--purge", is_flag=True, help="Also delete the stack's data and logs.")
+def devstack_down(purge: bool) -> None:
+    """Stop every process the stack started, and nothing else."""
+    from reindex_common.devstack.stack import down  # noqa: PLC0415
+
+    stopped = down(_devstack_dir(), purge=purge)
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@devstack.command("env")
+def devstack_env() -> None:
+    """Print `export REINDEX_...` lines that point the other commands at the running stack."""
+    from reindex_common.devstack.stack import StackState  # noqa: PLC0415
+
+    state = StackState.load(_devstack_dir().resolve())
+    if state is None:
+        raise ReindexError("no dev stack runs here; start one with 'reindex devstack up'")
+    for name, value in state.env().items():
+        click.echo(f"export {name}={value}")
+
+
+# --- demo --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--scorecards",
+    default=20_000,
+    show_default=True,
+    callback=_positive,
+    help="How many synthetic scorecards to seed.",
+)
+@click.option("--seed", "seed_value", default=42, show_default=True, help="Random seed.")
+@click.option(
+    "--shards",
+    default=2,
+    show_default=True,
+    callback=_positive,
+    help="Number of ClickHouse shards.",
+)
+@click.option("--keep", is_flag=True, help="Leave the stack running, with the data, afterwards.")
+def demo(scorecards: int, seed_value: int, shards: int, keep: bool) -> None:
+    """The main job on the embedded default: stack, schemas, data, job, verification, report."""
+    from reindex.demo import DemoOptions, run_demo  # noqa: PLC0415
+
+    options = DemoOptions(_devstack_dir(), scorecards, seed_value, shards, keep)
+    if not run_demo(options, _settings(), say=click.echo):
+        raise ReindexError("the demo failed (see above)")
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status instead of raising."""
+    try:
+        result = cli.main(args=argv, prog_name="reindex", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.UsageError as e:
+        click.echo(f"reindex: error: {e.format_message()}", err=True)
+        return 2
+    except click.Abort:
+        click.echo("reindex: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("reindex: interrupted", err=True)
+        return 130
+    except ReindexError as e:
+        if _Context.debug:
+            raise
+        click.echo(f"reindex: error: {e}", err=True)
+        return e.exit_code
+    return result if isinstance(result, int) else 0
+
+
+__all__ = ["BadInputError", "cli", "main"]

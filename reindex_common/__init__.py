@@ -1,0 +1,1 @@
+"""What the producer and the consumer share: settings, messages, errors, data access, routing."""

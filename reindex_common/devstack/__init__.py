@@ -1,0 +1,1 @@
+"""The embedded local stack for the demo and the tests; never used in production."""

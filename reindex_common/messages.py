@@ -1,0 +1,194 @@
+"""The messages of SPEC §4: pydantic models with a schema version, parsed once at the edge.
+
+Every model rejects unknown fields so that a typo in a hand-written request (``cleanup`` for
+``clean_up``) is reported instead of silently ignored. Floats keep ``NaN`` and ``±Infinity``
+(Postgres ``double precision`` can hold them), written as the JSON constants that Python's and
+pydantic's parsers read back.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from reindex_common.errors import BadInputError
+from reindex_common.settings import ScorecardType
+
+SCHEMA_VERSION: Literal[1] = 1
+
+
+def as_utc(value: datetime) -> datetime:
+    """A time without a zone is UTC (SPEC §5); every other time is converted to UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO 8601 time for the CLI (``Z`` allowed, no zone means UTC)."""
+    try:
+        return as_utc(datetime.fromisoformat(text.strip()))
+    except ValueError:
+        raise BadInputError(f"not an ISO 8601 time: {text!r}") from None
+
+
+def new_job_id() -> str:
+    return f"job-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
+
+
+class ReindexRequest(_Message):
+    """A request to reindex ``[start, end)``; only ``start`` and ``end`` are required."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str = Field(default_factory=new_job_id, min_length=1, max_length=200)
+    start: UtcDatetime
+    end: UtcDatetime
+    scorecard_types: tuple[ScorecardType, ...] = ("PROCESS",)
+    batch_size: int = Field(500, ge=1, le=100_000)
+    clean_up: bool = False
+
+    @field_validator("scorecard_types")
+    @classmethod
+    def _types_present(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one scorecard type is needed")
+        return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _range_is_forward(self) -> ReindexRequest:
+        if self.start >= self.end:
+            raise ValueError(f"start ({self.start.isoformat()}) must be before end")
+        return self
+
+
+class ScoreRecord(_Message):
+    """One row of ``historic.scorecard_scores``, as Postgres has it."""
+
+    criterion_id: str
+    numeric_value: float | None
+    not_applicable: bool
+    comment: str | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+class ScorecardRecord(_Message):
+    """One row of ``director.scorecards`` with its template revision's type and title."""
+
+    customer_id: str
+    profile_id: str
+    scorecard_id: str
+    template_id: str
+    template_revision: str
+    scorecard_type: ScorecardType
+    template_title: str
+    conversation_id: str | None
+    agent_user_id: str | None
+    creator_user_id: str | None
+    score: float | None
+    submitted_at: UtcDatetime | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+class ScorecardMessage(_Message):
+    """One message of the scorecards topic: a scorecard with all its scores and its job."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str
+    clean_up: bool
+    reindexed_at: UtcDatetime
+    scorecard: ScorecardRecord
+    scores: tuple[ScoreRecord, ...]
+
+    def key(self) -> bytes:
+        """Kafka key: all messages of one scorecard land on one partition."""
+        s = self.scorecard
+        return f"{s.customer_id}\x1f{s.profile_id}\x1f{s.scorecard_id}".encode()
+
+
+class DlqMessage(_Message):
+    """What reaches the DLQ: the original bytes, the reason, and where they came from."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    reason: str
+    source_topic: str
+    source_partition: int | None = None
+    source_offset: int | None = None
+    original_key_base64: str | None = None
+    original_value_base64: str = Field(description="the original bytes, exactly")
+    original_value: str | None = Field(description="the original bytes as text, when UTF-8")
+    failed_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    service: str
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming every invalid field of a message, for logs and the DLQ."""
+    parts = []
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        got = err.get("input")
+        shown = (
+            f" (got {got!r})" if isinstance(got, str | int | float) and len(str(got)) < 60 else ""
+        )
+        parts.append(f"{where}: {err['msg']}{shown}")
+    return "; ".join(parts)
+
+
+def parse_request(raw: bytes | str) -> ReindexRequest:
+    """Parse a request message, raising :class:`BadInputError` with the reason when invalid."""
+    try:
+        return ReindexRequest.model_validate_json(raw)
+    except ValidationError as e:
+        raise BadInputError(f"invalid reindex request: {describe_validation_error(e)}") from None
+
+
+def dump(message: _Message) -> bytes:
+    return message.model_dump_json().encode()
+
+
+def dlq_message(
+    *,
+    reason: str,
+    service: str,
+    topic: str,
+    partition: int | None,
+    offset: int | None,
+    key: bytes | None,
+    value: bytes | None,
+) -> DlqMessage:
+    """The DLQ envelope for a message that could not be processed, keeping its exact bytes."""
+    raw = value or b""
+    try:
+        text: str | None = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return DlqMessage(
+        reason=reason,
+        service=service,
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        original_key_base64=None if key is None else base64.b64encode(key).decode(),
+        original_value_base64=base64.b64encode(raw).decode(),
+        original_value=text,
+    )

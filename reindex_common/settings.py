@@ -1,0 +1,223 @@
+"""Settings: one typed, frozen object read from ``REINDEX_*`` variables (and a ``.env`` file).
+
+SPEC §6 names the public variables; the ones below them are ours and documented in the README.
+Secrets (DSNs, shard URLs with credentials, SASL password) are ``SecretStr`` so that no repr, log
+line or status output shows them; :meth:`Settings.describe` gives a masked view for logging.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from reindex_common.errors import ConfigError
+
+Mode = Literal["process", "conversation", "all"]
+ScorecardType = Literal["PROCESS", "CONVERSATION"]
+
+MODE_TYPES: dict[str, tuple[ScorecardType, ...]] = {
+    "process": ("PROCESS",),
+    "conversation": ("CONVERSATION",),
+    "all": ("PROCESS", "CONVERSATION"),
+}
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]*$")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and status output)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class ShardEndpoint:
+    """One ClickHouse shard's HTTP endpoint, parsed from its URL."""
+
+    index: int
+    scheme: str
+    host: str
+    port: int
+    username: str
+    password: SecretStr
+
+    @property
+    def url(self) -> str:
+        """The URL without credentials (safe to print)."""
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, index: int, url: str) -> ShardEndpoint:
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"shard {index}: expected http(s)://host[:port], got {mask_url(url)!r}"
+            )
+        try:
+            port = parts.port or (8443 if parts.scheme == "https" else 8123)
+        except ValueError as e:
+            raise ValueError(f"shard {index}: bad port in {mask_url(url)!r}") from e
+        return cls(
+            index=index,
+            scheme=parts.scheme,
+            host=parts.hostname,
+            port=port,
+            username=unquote(parts.username or "default"),
+            password=SecretStr(unquote(parts.password or "")),
+        )
+
+
+class Settings(BaseSettings):
+    """Everything the reindexer reads from its environment. Frozen once loaded."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REINDEX_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- SPEC §6 -------------------------------------------------------------------------------
+    pg_dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    historic_pg_dsn: SecretStr | None = None
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    clickhouse_shards: SecretStr = SecretStr("http://127.0.0.1:8123")
+    clickhouse_database: str = "reindex"
+    mode: Mode = "process"
+    batch_size: int = Field(500, ge=1)
+    topic_prefix: str = ""
+
+    # --- Kafka security, passed through to every client ----------------------------------------
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
+
+    # --- Topics --------------------------------------------------------------------------------
+    topic_partitions: int = Field(12, ge=1)
+    topic_replication: int = Field(1, ge=1)
+
+    @field_validator("clickhouse_database")
+    @classmethod
+    def _database_is_identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError("must be a plain identifier (letters, digits, underscore)")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        if not _TOPIC_PREFIX.match(value):
+            raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("clickhouse_shards")
+    @classmethod
+    def _shards_parse(cls, value: SecretStr) -> SecretStr:
+        urls = [u for u in value.get_secret_value().split(",") if u.strip()]
+        if not urls:
+            raise ValueError("at least one shard URL is needed")
+        for i, url in enumerate(urls):
+            ShardEndpoint.parse(i, url)
+        return value
+
+    def replace(self, **changes: Any) -> Settings:
+        """A validated copy with ``changes`` applied (``model_copy`` would keep stale caches)."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values.update(changes)
+        return type(self)(**values)
+
+    # --- Derived views -------------------------------------------------------------------------
+    @cached_property
+    def shards(self) -> tuple[ShardEndpoint, ...]:
+        """The shards in shard order: shard ``i`` is ``shards[i]``."""
+        urls = [u for u in self.clickhouse_shards.get_secret_value().split(",") if u.strip()]
+        return tuple(ShardEndpoint.parse(i, url) for i, url in enumerate(urls))
+
+    @property
+    def historic_dsn(self) -> str:
+        """DSN of the database holding ``historic.*`` (defaults to the director one)."""
+        dsn = self.historic_pg_dsn or self.pg_dsn
+        return dsn.get_secret_value()
+
+    @property
+    def director_dsn(self) -> str:
+        return self.pg_dsn.get_secret_value()
+
+    def topic(self, name: str) -> str:
+        """The full name of one of our topics, with the configured prefix."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def requests_topic(self) -> str:
+        return self.topic("scorecard-reindex-requests")
+
+    @property
+    def scorecards_topic(self) -> str:
+        return self.topic("scorecard-reindex")
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic("scorecard-reindex-dlq")
+
+    @property
+    def jobs_topic(self) -> str:
+        """Compacted topic holding each job's checkpoint (producer side), keyed by job id."""
+        return self.topic("scorecard-reindex-jobs")
+
+    @property
+    def progress_topic(self) -> str:
+        """Compacted topic holding what each consumer worker wrote per job."""
+        return self.topic("scorecard-reindex-progress")
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """The librdkafka settings every confluent-kafka client of ours starts from."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username is not None:
+            config["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password is not None:
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_ca_location:
+            config["ssl.ca.location"] = self.kafka_ssl_ca_location
+        return config
+
+    def describe(self) -> dict[str, str]:
+        """The effective settings with every secret masked, for one log line at start-up."""
+        return {
+            "pg_dsn": mask_url(self.director_dsn),
+            "historic_pg_dsn": mask_url(self.historic_dsn),
+            "kafka_bootstrap": self.kafka_bootstrap,
+            "kafka_security_protocol": self.kafka_security_protocol,
+            "clickhouse_shards": ",".join(s.url for s in self.shards),
+            "clickhouse_database": self.clickhouse_database,
+            "mode": self.mode,
+            "batch_size": str(self.batch_size),
+            "topic_prefix": self.topic_prefix,
+        }
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning a validation failure into one readable :class:`ConfigError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"REINDEX_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

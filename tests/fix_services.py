@@ -1,0 +1,221 @@
+"""Where the tests find their real services, and throwaway state on them.
+
+Endpoints come from (1) ``REINDEX_*`` variables when they name Kafka and ClickHouse, (2)
+testcontainers when a Docker engine answers, (3) the embedded dev stack, started once per test
+session in a temporary directory on free ports and stopped at the end. Postgres is the one
+``REINDEX_PG_DSN`` (or the default DSN) names when it answers. Each test run gets its own
+ClickHouse database and topic prefix; tests that need their own source data get their own
+Postgres database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from reindex_common.clickhouse import init_target_schema, shard_client
+from reindex_common.devstack import stack
+from reindex_common.pg import init_source_schema
+from reindex_common.settings import Settings
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass(frozen=True)
+class Services:
+    pg_dsn: str  # a database on which we may CREATE DATABASE
+    kafka_bootstrap: str
+    shard_urls: tuple[str, ...]
+    origin: str  # "env", "testcontainers" or "embedded"
+
+
+def _docker_answers() -> bool:
+    """True when a Docker engine answers its ping (its Unix socket, or DOCKER_HOST)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://"):
+        path = host.removeprefix("unix://")
+        if not Path(path).exists():
+            return False
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(3)
+            try:
+                sock.connect(path)
+                sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+                reply = sock.recv(64)
+            except OSError:
+                return False
+            return reply.startswith(b"HTTP/1.") and b" 200 " in reply
+    import docker  # noqa: PLC0415 - a remote engine: let the client speak its protocol
+
+    try:
+        client = docker.from_env(timeout=3)
+    except Exception:
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _testcontainers(pg_dsn: str | None) -> Iterator[Services]:
+    from testcontainers.community.clickhouse import ClickHouseContainer  # noqa: PLC0415
+    from testcontainers.community.kafka import KafkaContainer  # noqa: PLC0415
+    from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
+
+    with contextlib.ExitStack() as stack_:
+        if pg_dsn is None:
+            pg = stack_.enter_context(PostgresContainer("postgres:16", driver=None))
+            pg_dsn = pg.get_connection_url()
+        kafka = stack_.enter_context(KafkaContainer("apache/kafka:3.8.0").with_kraft())
+        shards = []
+        for _ in range(2):
+            ch = stack_.enter_context(ClickHouseContainer("clickhouse/clickhouse-server:24.8"))
+            shards.append(
+                f"http://{ch.username}:{ch.password}@{ch.get_container_host_ip()}"
+                f":{ch.get_exposed_port(8123)}"
+            )
+        yield Services(pg_dsn, kafka.get_bootstrap_server(), tuple(shards), "testcontainers")
+
+
+@contextlib.contextmanager
+def _embedded(root: Path, pg_dsn: str) -> Iterator[Services]:
+    config = stack.StackConfig(
+        root=root,
+        shards=2,
+        kafka_port=stack.free_port(),
+        clickhouse_port=free_port_run(2),
+        pg_dsn=pg_dsn,
+    )
+    state = stack.up(config)
+    try:
+        yield Services(state.pg_dsn, state.kafka_bootstrap, tuple(state.shard_urls), "embedded")
+    finally:
+        stack.down(root)
+
+
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports."""
+    for _ in range(50):
+        first = stack.free_port()
+        if all(_port_free(first + i) for i in range(1, count)):
+            return first
+    raise RuntimeError("no run of free ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((stack.HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    pg_dsn = os.environ.get("REINDEX_PG_DSN", DEFAULT_PG)
+    pg_ok = stack.postgres_answers(pg_dsn)
+    kafka = os.environ.get("REINDEX_KAFKA_BOOTSTRAP")
+    shards = os.environ.get("REINDEX_CLICKHOUSE_SHARDS")
+    if kafka and shards and pg_ok:
+        yield Services(pg_dsn, kafka, tuple(s for s in shards.split(",") if s), "env")
+    elif _docker_answers():
+        with _testcontainers(pg_dsn if pg_ok else None) as found:
+            yield found
+    else:
+        with _embedded(tmp_path_factory.mktemp("devstack"), pg_dsn) as found:
+            yield found
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def clickhouse_database(services: Services, run_id: str) -> Iterator[str]:
+    """This run's ClickHouse database, with the SPEC tables, dropped at the end."""
+    database = f"reindex_test_{run_id}"
+    settings = Settings(clickhouse_shards=",".join(services.shard_urls))
+    init_target_schema(settings.shards, database)
+    yield database
+    for shard in settings.shards:
+        with shard_client(shard) as client:
+            client.command(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+@pytest.fixture
+def make_source_db(services: Services) -> Iterator[Callable[[], str]]:
+    """A factory of fresh Postgres databases holding the SPEC §2 tables; dropped afterwards."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"reindex_t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(services.pg_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"'.encode())
+        created.append(name)
+        dsn = _with_database(services.pg_dsn, name)
+        init_source_schema(dsn, dsn)
+        return dsn
+
+    yield make
+    with psycopg.connect(services.pg_dsn, autocommit=True) as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture
+def make_settings(services: Services, clickhouse_database: str) -> Callable[..., Settings]:
+    """Settings pointing at the test services, with a topic prefix unique to each call."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "pg_dsn": services.pg_dsn,
+            "historic_pg_dsn": None,
+            "kafka_bootstrap": services.kafka_bootstrap,
+            "clickhouse_shards": ",".join(services.shard_urls),
+            "clickhouse_database": clickhouse_database,
+            "topic_prefix": f"t{uuid.uuid4().hex[:10]}-",
+            "mode": "process",
+            "batch_size": 500,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment a subprocess (``reindex ...``) needs to see ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REINDEX_")}
+    env.update(
+        {
+            "REINDEX_PG_DSN": settings.director_dsn,
+            "REINDEX_HISTORIC_PG_DSN": settings.historic_dsn,
+            "REINDEX_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "REINDEX_CLICKHOUSE_SHARDS": settings.clickhouse_shards.get_secret_value(),
+            "REINDEX_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+            "REINDEX_TOPIC_PREFIX": settings.topic_prefix,
+            "REINDEX_MODE": settings.mode,
+            "REINDEX_BATCH_SIZE": str(settings.batch_size),
+        }
+    )
+    return env

@@ -1,0 +1,87 @@
+"""``reindex devstack up | env | down`` on its own stack: idempotent, and leaves nothing running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import clickhouse_connect
+import psycopg
+from fix_services import free_port_run
+
+from reindex_common.devstack import stack
+
+
+def reindex(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reindex", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
+    )
+
+
+def test_up_is_idempotent_env_points_at_it_and_down_stops_everything(tmp_path: Path) -> None:
+    root = tmp_path / "stack"
+    kafka_port, ch_port = stack.free_port(), free_port_run(2)
+    env = {**os.environ, "REINDEX_DEVSTACK_DIR": str(root)}
+    args = ["--shards", "2", "--kafka-port", str(kafka_port), "--clickhouse-port", str(ch_port)]
+    try:
+        first = reindex("devstack", "up", *args, env=env)
+        assert first.returncode == 0, first.stderr
+        assert f"127.0.0.1:{kafka_port}" in first.stdout
+        assert f"shard 1 http://127.0.0.1:{ch_port + 1}" in first.stdout
+        pids = json.loads((root / "stack.json").read_text())
+
+        again = reindex("devstack", "up", *args, env=env)
+        assert again.returncode == 0, again.stderr
+        assert json.loads((root / "stack.json").read_text()) == pids  # reused, not restarted
+
+        exports = reindex("devstack", "env", env=env).stdout.splitlines()
+        assert f"export REINDEX_KAFKA_BOOTSTRAP=127.0.0.1:{kafka_port}" in exports
+        assert (
+            f"export REINDEX_CLICKHOUSE_SHARDS=http://127.0.0.1:{ch_port},"
+            f"http://127.0.0.1:{ch_port + 1}" in exports
+        )
+        for port in (ch_port, ch_port + 1):
+            client = clickhouse_connect.get_client(host="127.0.0.1", port=port)
+            assert client.command("SELECT 1") == 1
+            client.close()
+
+        wrong = reindex("devstack", "up", "--shards", "3", "--kafka-port", str(kafka_port), env=env)
+        assert wrong.returncode == 1
+        assert "devstack down" in wrong.stderr
+    finally:
+        down = reindex("devstack", "down", env=env)
+    assert down.returncode == 0, down.stderr
+    assert "clickhouse-0" in down.stdout
+    assert "kafka" in down.stdout
+    procs = [pids["kafka"], *pids["shards"]]
+    for proc in procs:
+        assert stack._cmdline(proc["pid"]) is None, proc["name"]
+    assert reindex("devstack", "down", env=env).stdout.strip() == "nothing was running"
+
+
+def test_embedded_postgres_starts_when_none_answers(tmp_path: Path) -> None:
+    config = stack.StackConfig(
+        root=tmp_path / "stack",
+        shards=1,
+        kafka_port=stack.free_port(),
+        clickhouse_port=stack.free_port(),
+        pg_dsn="postgresql://postgres@127.0.0.1:1/postgres",  # nothing listens there
+    )
+    try:
+        state = stack.up(config)
+        assert state.pg_embedded
+        assert state.env()["REINDEX_PG_DSN"] == state.pg_dsn
+        with psycopg.connect(state.pg_dsn) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        stopped = stack.down(config.root)
+    assert "postgres" in stopped
+    assert not stack.postgres_answers(state.pg_dsn)

@@ -1,0 +1,71 @@
+"""The stack's broker carries messages between confluent-kafka and a faust-streaming worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from fix_services import Services
+
+APP = Path(__file__).with_name("faust_echo_app.py")
+
+
+def test_confluent_producer_and_faust_agent_exchange_messages(
+    services: Services, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    topic_in, topic_out = f"echo-in-{tag}", f"echo-out-{tag}"
+    admin = AdminClient({"bootstrap.servers": services.kafka_bootstrap})
+    futures = admin.create_topics([NewTopic(t, 1, 1) for t in (topic_in, topic_out)])
+    for future in futures.values():
+        future.result(timeout=30)
+
+    producer = Producer({"bootstrap.servers": services.kafka_bootstrap, "enable.idempotence": True})
+    sent = [f"message-{i}-ü".encode() for i in range(50)]
+    for value in sent:
+        producer.produce(topic_in, value=value)
+    assert producer.flush(30) == 0
+
+    env = {
+        **os.environ,
+        "ECHO_APP_ID": f"echo-{tag}",
+        "ECHO_BOOTSTRAP": services.kafka_bootstrap,
+        "ECHO_IN": topic_in,
+        "ECHO_OUT": topic_out,
+    }
+    log = (tmp_path / "faust.log").open("w")
+    worker = subprocess.Popen(
+        [sys.executable, str(APP), "--datadir", str(tmp_path), "worker", "-l", "warn"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    consumer = Consumer(
+        {
+            "bootstrap.servers": services.kafka_bootstrap,
+            "group.id": f"check-{tag}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
+    try:
+        consumer.subscribe([topic_out])
+        received: list[bytes] = []
+        deadline = time.monotonic() + 90
+        while len(received) < len(sent) and time.monotonic() < deadline:
+            assert worker.poll() is None, (tmp_path / "faust.log").read_text()
+            msg = consumer.poll(1.0)
+            if msg is not None and msg.error() is None:
+                received.append(msg.value())
+        assert received == [b"echo:" + v for v in sent], (tmp_path / "faust.log").read_text()
+    finally:
+        consumer.close()
+        worker.terminate()
+        worker.wait(30)
+        log.close()

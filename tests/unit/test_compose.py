@@ -1,0 +1,59 @@
+"""docker-compose.yml (which cannot run here) agrees with the settings' defaults and the README."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reindex_common.schema import DIRECTOR_DDL, HISTORIC_DDL, statements
+from reindex_common.settings import Settings
+
+ROOT = Path(__file__).parents[2]
+
+
+def _compose() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _host_port(service: dict[str, Any]) -> tuple[str, int]:
+    (mapping,) = service["ports"]
+    host, port, _inner = mapping.split(":")
+    return host, int(port)
+
+
+def test_services_and_ports_match_the_defaults() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"postgres", "kafka", "clickhouse-0", "clickhouse-1"}
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert f"{_host_port(services['kafka'])[0]}:{_host_port(services['kafka'])[1]}" == (
+        defaults.kafka_bootstrap
+    )
+    advertised = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert advertised == f"PLAINTEXT://{defaults.kafka_bootstrap}"
+    assert _host_port(services["postgres"]) == ("127.0.0.1", 5432)
+    assert "127.0.0.1:5432" in defaults.director_dsn
+    shard0 = defaults.shards[0]
+    assert _host_port(services["clickhouse-0"]) == (shard0.host, shard0.port)
+    assert _host_port(services["clickhouse-1"]) == (shard0.host, shard0.port + 1)
+    for name in ("clickhouse-0", "clickhouse-1"):
+        assert services[name]["environment"]["CLICKHOUSE_DB"] == defaults.clickhouse_database
+
+
+def test_readme_names_the_compose_shards() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "docker compose up -d" in readme
+    assert "REINDEX_CLICKHOUSE_SHARDS=http://127.0.0.1:8123,http://127.0.0.1:8124" in readme
+
+
+def test_postgres_init_script_is_the_source_ddl() -> None:
+    script = (ROOT / "deploy" / "postgres-source.sql").read_text()
+    body = [line for line in script.splitlines() if not line.startswith("--")]
+    assert body == [s + ";" for s in statements(DIRECTOR_DDL + HISTORIC_DDL)]
+    volume = _compose()["services"]["postgres"]["volumes"][0]
+    assert volume.startswith("./deploy/postgres-source.sql:/docker-entrypoint-initdb.d/")
