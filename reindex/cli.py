@@ -11,9 +11,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from producer.cli_options import build_request, job_options
 from reindex_common.errors import BadInputError, ReindexError
 from reindex_common.messages import parse_time
 from reindex_common.settings import Settings, load_settings
@@ -210,6 +212,166 @@ def devstack_env() -> None:
         raise ReindexError("no dev stack runs here; start one with 'reindex devstack up'")
     for name, value in state.env().items():
         click.echo(f"export {name}={value}")
+
+
+# --- producer ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@job_options
+@click.option("--restart", is_flag=True, help="Run the job again from the start, even if done.")
+@click.option("--dry-run", is_flag=True, help="Count what would be published; publish nothing.")
+@click.option("--max-rate", type=float, help="At most this many scorecards per second.")
+def produce(restart: bool, dry_run: bool, max_rate: float | None, **job: Any) -> None:
+    """Run one job now: page Postgres and publish; rerun with the same --job-id to resume."""
+    from producer.job import JobOptions, run_and_report  # noqa: PLC0415
+
+    settings = _settings()
+    request = build_request(settings, **job)
+    _check_max_rate(max_rate)
+    log.info("settings: %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
+    click.echo(run_and_report(settings, request, JobOptions(restart, dry_run, max_rate)))
+
+
+def _check_max_rate(max_rate: float | None) -> None:
+    if max_rate is not None and max_rate <= 0:
+        raise BadInputError(f"--max-rate must be positive (got {max_rate})")
+
+
+@cli.command()
+@job_options
+def request(**job: Any) -> None:
+    """Publish a reindex request message for `reindex serve` and exit."""
+    from producer.requests import publish_request  # noqa: PLC0415
+
+    settings = _settings()
+    req = build_request(settings, **job)
+    publish_request(settings, req)
+    click.echo(f"requested job {req.job_id} on {settings.requests_topic}")
+
+
+@cli.command()
+@click.option("--max-rate", type=float, help="At most this many scorecards per second, per job.")
+def serve(max_rate: float | None) -> None:
+    """Long-running producer service: take request messages and run each job.
+
+    Commits a request only once its job is fully published; SIGTERM or Ctrl-C stops at the next
+    page boundary, and a restart resumes the job.
+    """
+    from producer.service import ServeOptions, serve_forever  # noqa: PLC0415
+
+    settings = _settings()
+    _check_max_rate(max_rate)
+    log.info("settings: %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
+    serve_forever(settings, ServeOptions(max_rate=max_rate))
+
+
+# --- consumer ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--worker-id", help="Name of this worker in logs and metrics (default: host-pid).")
+@click.option(
+    "--batch-size", type=int, help="Messages per batch (default: REINDEX_CONSUMER_BATCH_SIZE)."
+)
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+def consume(worker_id: str | None, batch_size: int | None, metrics_port: int | None) -> None:
+    """Start one worker of the consumer group (start it N times for N workers)."""
+    from consumer.worker import default_worker_id, run_worker  # noqa: PLC0415
+
+    settings = _settings()
+    changes: dict[str, Any] = {}
+    if batch_size is not None:
+        if batch_size < 1:
+            raise BadInputError(f"--batch-size must be at least 1 (got {batch_size})")
+        changes["consumer_batch_size"] = batch_size
+    if metrics_port is not None:
+        changes["metrics_port"] = metrics_port
+    if changes:
+        settings = settings.replace(**changes)
+    log.info("settings: %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
+    level = logging.getLevelName(logging.getLogger().level).lower()
+    run_worker(settings, worker_id or default_worker_id(), "warn" if level == "warning" else level)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Wait until every published scorecard is written.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="With --wait: give up (exit 1) after this many seconds.",
+)
+@click.option(
+    "--verify",
+    "verify_after",
+    is_flag=True,
+    help="Once fully written, verify the job's range against Postgres.",
+)
+def status(job_id: str, wait: bool, timeout: float, verify_after: bool) -> None:
+    """Published vs written for a job; with --wait, exit 0 once it is fully written."""
+    from reindex.status import job_status, wait_for_job  # noqa: PLC0415
+
+    settings = _settings()
+    if wait:
+        report = wait_for_job(settings, job_id, timeout, say=click.echo)
+    else:
+        report = job_status(settings, job_id)
+        click.echo(report.describe())
+    if wait and not report.complete:
+        raise ReindexError(f"job {job_id} not fully written after {timeout:.0f} s")
+    if verify_after:
+        if not report.complete:
+            raise ReindexError(f"job {job_id} is not fully written yet: nothing to verify")
+        req = report.checkpoint.request
+        if not _run_verify(settings, req.start, req.end, req.scorecard_types, "day"):
+            raise ReindexError("verification failed: reindex the buckets listed above")
+
+
+# --- verify ------------------------------------------------------------------------------------
+
+
+def _run_verify(settings: Settings, start: Any, end: Any, types: Any, bucket: str) -> bool:
+    from reindex.verify import verify as run_verify  # noqa: PLC0415
+
+    report = run_verify(settings, start, end, types, "hour" if bucket == "hour" else "day")
+    click.echo(report.describe())
+    return report.ok
+
+
+@cli.command()
+@click.option("--start", required=True, help="Start of the range (ISO 8601, inclusive).")
+@click.option("--end", required=True, help="End of the range (ISO 8601, exclusive).")
+@click.option("--types", help="Scorecard types, comma-separated: PROCESS,CONVERSATION.")
+@click.option(
+    "--mode",
+    type=click.Choice(["process", "conversation", "all"]),
+    help="Shorthand for --types (default: REINDEX_MODE).",
+)
+@click.option(
+    "--bucket",
+    type=click.Choice(["day", "hour"]),
+    default="day",
+    show_default=True,
+    help="Compare per day or per hour of created_at.",
+)
+def verify(start: str, end: str, types: str | None, mode: str | None, bucket: str) -> None:
+    """Compare Postgres with the shards per time bucket; exit 0 only when all match."""
+    settings = _settings()
+    request = build_request(
+        settings,
+        start=start,
+        end=end,
+        types=types,
+        mode=mode,
+        batch_size=None,
+        clean_up=False,
+        job_id="verify",
+    )
+    if not _run_verify(settings, request.start, request.end, request.scorecard_types, bucket):
+        raise ReindexError("verification failed: reindex the buckets listed above")
 
 
 # --- demo --------------------------------------------------------------------------------------

@@ -145,12 +145,13 @@ def describe_validation_error(error: ValidationError) -> str:
     """One line naming every invalid field of a message, for logs and the DLQ."""
     parts = []
     for err in error.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "message"
+        where = ".".join(str(p) for p in err["loc"])
         got = err.get("input")
         shown = (
             f" (got {got!r})" if isinstance(got, str | int | float) and len(str(got)) < 60 else ""
         )
-        parts.append(f"{where}: {err['msg']}{shown}")
+        text = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {text}{shown}" if where else f"{text}{shown}")
     return "; ".join(parts)
 
 

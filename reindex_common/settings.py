@@ -7,6 +7,7 @@ line or status output shows them; :meth:`Settings.describe` gives a masked view 
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -79,6 +80,20 @@ class ShardEndpoint:
         )
 
 
+class _LibrdkafkaLog:
+    """librdkafka's own log lines, at DEBUG: an unreachable broker otherwise prints one line per
+    reconnect attempt on stderr. Failures reach the operator as our own one-line errors;
+    ``--debug`` shows librdkafka's detail."""
+
+    _log = logging.getLogger("reindex.librdkafka")
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        self._log.debug(msg, *args)
+
+
+_LIBRDKAFKA_LOG = _LibrdkafkaLog()
+
+
 class Settings(BaseSettings):
     """Everything the reindexer reads from its environment. Frozen once loaded."""
 
@@ -106,6 +121,18 @@ class Settings(BaseSettings):
     # --- Topics --------------------------------------------------------------------------------
     topic_partitions: int = Field(12, ge=1)
     topic_replication: int = Field(1, ge=1)
+
+    # --- Consumer workers ----------------------------------------------------------------------
+    consumer_group: str | None = None  # default: "<topic_prefix>scorecard-reindexer"
+    consumer_batch_size: int = Field(2000, ge=1)  # messages per batch at most
+    consumer_batch_wait: float = Field(0.5, gt=0)  # seconds to wait for a batch to fill
+    # A dead worker's partitions move once its session expires: seconds, not the usual minute.
+    consumer_session_timeout: float = Field(6.0, ge=1)
+    consumer_heartbeat_interval: float = Field(1.0, gt=0)
+    consumer_commit_interval: float = Field(1.0, gt=0)
+    write_retry_deadline: float = Field(300.0, gt=0)  # give up on a failing shard after this
+    metrics_port: int | None = Field(None, ge=1, le=65535)  # Prometheus /metrics when set
+    metrics_bind: str = "127.0.0.1"
 
     @field_validator("clickhouse_database")
     @classmethod
@@ -136,6 +163,18 @@ class Settings(BaseSettings):
         values = {name: getattr(self, name) for name in type(self).model_fields}
         values.update(changes)
         return type(self)(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """``REINDEX_*`` variables that reproduce these settings in a child process."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"REINDEX_{name.upper()}"] = str(value)
+        return env
 
     # --- Derived views -------------------------------------------------------------------------
     @cached_property
@@ -176,15 +215,22 @@ class Settings(BaseSettings):
         return self.topic("scorecard-reindex-jobs")
 
     @property
-    def progress_topic(self) -> str:
-        """Compacted topic holding what each consumer worker wrote per job."""
-        return self.topic("scorecard-reindex-progress")
+    def group_id(self) -> str:
+        """The consumer group of the workers (and the Faust app id)."""
+        return self.consumer_group or self.topic("scorecard-reindexer")
+
+    @property
+    def written_topic(self) -> str:
+        """Topic where workers record which offsets of each job they wrote."""
+        return self.topic("scorecard-reindex-written")
 
     def kafka_client_config(self) -> dict[str, Any]:
         """The librdkafka settings every confluent-kafka client of ours starts from."""
         config: dict[str, Any] = {
             "bootstrap.servers": self.kafka_bootstrap,
             "security.protocol": self.kafka_security_protocol,
+            "log_level": 4,  # librdkafka: warnings and errors only
+            "logger": _LIBRDKAFKA_LOG,
         }
         if self.kafka_sasl_mechanism:
             config["sasl.mechanism"] = self.kafka_sasl_mechanism

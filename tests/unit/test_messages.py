@@ -44,7 +44,7 @@ def test_only_start_and_end_are_required() -> None:
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
-        ("not json", "message"),
+        ("not json", "Invalid JSON"),
         ('{"start": "2026-03-02", "end": "2026-03-01"}', "must be before end"),
         ('{"start": "2026-03-01", "end": "2026-03-01"}', "must be before end"),
         ('{"start": "2026-03-01", "end": "2026-03-02", "scorecard_types": ["CHAT"]}', "CHAT"),

@@ -1,0 +1,81 @@
+"""The job options shared by ``reindex produce`` and ``reindex request`` (SPEC §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from reindex_common.errors import BadInputError
+from reindex_common.messages import ReindexRequest, describe_validation_error, parse_time
+from reindex_common.settings import MODE_TYPES, Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def job_options(command: F) -> F:
+    """Add --start, --end, --types, --mode, --batch-size, --clean-up and --job-id."""
+    options = [
+        click.option("--start", required=True, help="Start of the range (ISO 8601, inclusive)."),
+        click.option("--end", required=True, help="End of the range (ISO 8601, exclusive)."),
+        click.option("--types", help="Scorecard types, comma-separated: PROCESS,CONVERSATION."),
+        click.option(
+            "--mode",
+            type=click.Choice(["process", "conversation", "all"]),
+            help="Shorthand for --types (default: REINDEX_MODE).",
+        ),
+        click.option("--batch-size", type=int, help="Page size (default: REINDEX_BATCH_SIZE)."),
+        click.option(
+            "--clean-up",
+            is_flag=True,
+            help="Delete what the shards hold for each scorecard before writing it.",
+        ),
+        click.option("--job-id", help="Job id (generated when absent); rerun with it to resume."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def build_request(
+    settings: Settings,
+    *,
+    start: str,
+    end: str,
+    types: str | None,
+    mode: str | None,
+    batch_size: int | None,
+    clean_up: bool,
+    job_id: str | None,
+) -> ReindexRequest:
+    """The request the options describe, or :class:`BadInputError` naming what is wrong."""
+    if types and mode:
+        raise BadInputError("give --types or --mode, not both")
+    if types:
+        chosen = tuple(t.strip().upper() for t in types.split(",") if t.strip())
+        unknown = [t for t in chosen if t not in ("PROCESS", "CONVERSATION")]
+        if unknown or not chosen:
+            raise BadInputError(
+                f"unknown scorecard type {', '.join(unknown) or '(none)'}: "
+                "use PROCESS and/or CONVERSATION"
+            )
+    else:
+        chosen = MODE_TYPES[mode or settings.mode]
+    size = settings.batch_size if batch_size is None else batch_size
+    if size < 1:
+        raise BadInputError(f"--batch-size must be at least 1 (got {size})")
+    values: dict[str, Any] = {
+        "start": parse_time(start),
+        "end": parse_time(end),
+        "scorecard_types": chosen,
+        "batch_size": size,
+        "clean_up": clean_up,
+    }
+    if job_id is not None:
+        values["job_id"] = job_id
+    try:
+        return ReindexRequest(**values)
+    except ValidationError as e:
+        raise BadInputError(describe_validation_error(e)) from None

@@ -1,0 +1,254 @@
+"""One reindex job: page the selection out of Postgres and publish it, resumably.
+
+For each page, in order:
+
+1. read up to ``batch_size`` scorecards after the job's cursor, and all their scores in one query;
+2. publish one message per scorecard to the scorecards topic (key: the scorecard, so that all
+   messages of one scorecard land on one partition);
+3. wait until the broker has acknowledged every message of the page (``acks=all``);
+4. record the checkpoint (cursor, counts, highest offset per partition) in the jobs topic.
+
+A crash between 2 and 4 republishes at most one page on resume; the consumer's writes are
+idempotent, so that costs time, not correctness.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from producer.encode import page_messages
+from producer.source import ScorecardSource, Selection
+from reindex_common.errors import BadInputError, ReindexError
+from reindex_common.jobs import JobCheckpoint, read_checkpoint, write_checkpoint
+from reindex_common.kafka import ReliableProducer, TopicSpec, ensure_topics
+from reindex_common.messages import ReindexRequest
+from reindex_common.progress import ProgressView
+from reindex_common.settings import Settings
+
+log = logging.getLogger("reindex.producer")
+
+
+class JobInterrupted(ReindexError):
+    """Raised by an ``on_page`` hook to stop a job at a page boundary; a rerun resumes it."""
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    restart: bool = False  # run a finished (or half-done) job again from the start
+    dry_run: bool = False  # count and report, publish nothing
+    max_rate: float | None = None  # scorecards per second, to spare a production database
+    show_progress: bool = True  # a progress bar on a terminal (log lines when False or no TTY)
+    # Called with the checkpoint after the count and after every recorded page; may raise
+    # JobInterrupted. The request service keeps its consumer group membership alive here.
+    on_page: Callable[[JobCheckpoint], None] | None = None
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic the reindexer uses, created when missing."""
+    return [
+        TopicSpec(settings.scorecards_topic, settings.topic_partitions),
+        TopicSpec(settings.requests_topic, 1),
+        TopicSpec(settings.dlq_topic, 1),
+        TopicSpec(settings.jobs_topic, 1, {"cleanup.policy": "compact"}),
+    ]
+
+
+def _same_request(a: ReindexRequest, b: ReindexRequest) -> bool:
+    keep = {"start", "end", "scorecard_types", "clean_up"}
+    return a.model_dump(include=keep) == b.model_dump(include=keep)
+
+
+class _RateLimit:
+    def __init__(self, per_second: float | None) -> None:
+        self._per_second = per_second
+        self._began = time.monotonic()
+        self._count = 0
+
+    def after(self, count: int) -> None:
+        if not self._per_second:
+            return
+        self._count += count
+        ahead = self._count / self._per_second - (time.monotonic() - self._began)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def run_job(
+    settings: Settings,
+    request: ReindexRequest,
+    options: JobOptions = JobOptions(),
+    *,
+    producer: ReliableProducer | None = None,
+) -> JobCheckpoint:
+    """Run (or resume) ``request``'s job to the end; return its final checkpoint."""
+    ensure_topics(settings, topic_specs(settings))
+    previous = read_checkpoint(settings, request.job_id)
+    if previous is not None and not options.restart:
+        if not _same_request(previous.request, request):
+            raise BadInputError(
+                f"job {request.job_id} already exists with another range or types; "
+                "choose another --job-id, or pass --restart to replace it"
+            )
+        if previous.state == "done":
+            log.info(
+                "job %s is already done; nothing to publish (--restart runs it again)",
+                request.job_id,
+            )
+            return previous
+    own_producer = producer is None
+    producer = producer or ReliableProducer(
+        settings, client_id=f"reindex-producer-{request.job_id}"
+    )
+    job = _JobRun(settings, request, options, producer, previous)
+    try:
+        return job.run()
+    except JobInterrupted:
+        log.info(
+            "job %s stopped after %s published scorecards; rerun it to resume",
+            request.job_id,
+            f"{job.checkpoint.published_scorecards:,}",
+        )
+        raise
+    except ReindexError as e:
+        job.record_failure(e)
+        raise
+    finally:
+        if own_producer:
+            producer.flush(10)
+
+
+def run_and_report(settings: Settings, request: ReindexRequest, options: JobOptions) -> str:
+    """Run the job (see :func:`run_job`) and return the one-line summary for the operator."""
+    began_at = datetime.now(UTC)
+    began = time.monotonic()
+    result = run_job(settings, request, options)
+    if options.dry_run:
+        return (
+            f"job {request.job_id}: dry run, {result.selected or 0:,} scorecards would be published"
+        )
+    totals = f"{result.published_scorecards:,} scorecards with {result.published_scores:,} scores"
+    if result.updated_at < began_at:
+        return (
+            f"job {result.job_id}: already done ({totals} published earlier); "
+            "nothing published now (--restart runs it again)"
+        )
+    return (
+        f"job {result.job_id}: published {totals} in {time.monotonic() - began:.1f} s "
+        f"({result.state})"
+    )
+
+
+class _JobRun:
+    """The state of one run of a job; ``checkpoint`` is always the last one recorded."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        request: ReindexRequest,
+        options: JobOptions,
+        producer: ReliableProducer,
+        previous: JobCheckpoint | None,
+    ) -> None:
+        self.settings = settings
+        self.request = request
+        self.options = options
+        self.producer = producer
+        if previous is None or options.restart:
+            self.checkpoint = JobCheckpoint(
+                job_id=request.job_id,
+                request=request,
+                state="running",
+                started_at=datetime.now(UTC),
+            )
+        else:
+            self.checkpoint = previous.model_copy(update={"state": "running", "error": None})
+            log.info(
+                "resuming job %s after %s published scorecards",
+                request.job_id,
+                f"{previous.published_scorecards:,}",
+            )
+
+    def _record(self, **changes: object) -> None:
+        self.checkpoint = self.checkpoint.model_copy(
+            update={**changes, "updated_at": datetime.now(UTC)}
+        )
+        write_checkpoint(self.producer, self.settings, self.checkpoint)
+
+    def run(self) -> JobCheckpoint:
+        request = self.request
+        selection = Selection(request.start, request.end, request.scorecard_types)
+        with ScorecardSource(self.settings.director_dsn, self.settings.historic_dsn) as source:
+            selected = source.count(selection)
+            log.info(
+                "job %s: %s scorecards match [%s, %s) types %s%s",
+                request.job_id,
+                f"{selected:,}",
+                request.start.isoformat(),
+                request.end.isoformat(),
+                ",".join(request.scorecard_types),
+                " (dry run: nothing is published)" if self.options.dry_run else "",
+            )
+            if self.options.dry_run:
+                return self.checkpoint.model_copy(update={"selected": selected})
+            self._record(selected=self.checkpoint.selected or selected)
+            self._after_page()
+            self._publish_pages(source, selection)
+        return self.checkpoint
+
+    def _publish_pages(self, source: ScorecardSource, selection: Selection) -> None:
+        topic = self.settings.scorecards_topic
+        request = self.request
+        limit = _RateLimit(self.options.max_rate)
+        total = max(self.checkpoint.selected or 0, self.checkpoint.published_scorecards)
+        began = time.monotonic()
+        progress_view = ProgressView(
+            f"publishing {request.job_id}", total, bar=self.options.show_progress
+        )
+        with progress_view as progress:
+            progress.advance(0, start_at=self.checkpoint.published_scorecards)
+            for page in source.pages(selection, self.checkpoint.cursor, request.batch_size):
+                for key, value in page_messages(
+                    page,
+                    job_id=request.job_id,
+                    clean_up=request.clean_up,
+                    reindexed_at=self.checkpoint.started_at,  # same bytes if republished
+                ):
+                    self.producer.send(topic, value, key=key)
+                self.producer.flush()
+                offsets = dict(self.checkpoint.max_offsets)
+                for partition, offset in self.producer.offsets_of(topic).items():
+                    offsets[partition] = max(offset, offsets.get(partition, -1))
+                self._record(
+                    cursor=page.cursor,
+                    published_scorecards=self.checkpoint.published_scorecards
+                    + len(page.scorecards),
+                    published_scores=self.checkpoint.published_scores + page.score_count,
+                    pages=self.checkpoint.pages + 1,
+                    max_offsets=offsets,
+                )
+                progress.advance(len(page.scorecards))
+                limit.after(len(page.scorecards))
+                self._after_page()
+        self._record(state="done", finished_at=datetime.now(UTC))
+        log.info(
+            "job %s done: %s scorecards and %s scores published in %.1f s",
+            request.job_id,
+            f"{self.checkpoint.published_scorecards:,}",
+            f"{self.checkpoint.published_scores:,}",
+            time.monotonic() - began,
+        )
+
+    def _after_page(self) -> None:
+        if self.options.on_page is not None:
+            self.options.on_page(self.checkpoint)
+
+    def record_failure(self, error: Exception) -> None:
+        """Best effort: mark the job failed so that `status` says why (a rerun resumes it)."""
+        try:
+            self._record(state="failed", error=str(error))
+        except ReindexError:
+            log.warning("could not record the failure of job %s", self.checkpoint.job_id)

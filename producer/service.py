@@ -1,0 +1,277 @@
+"""``reindex serve``: the long-running producer service.
+
+It reads the requests topic as one consumer group (offsets committed by hand) and runs each
+request's job. For every request message, in order:
+
+1. pause the assignment, so that no other request is fetched while this one is handled;
+2. parse it; an invalid request goes to the DLQ with its reason (step 4 follows);
+3. run (or resume) its job; between pages, ``poll(0)`` keeps the group membership alive;
+4. commit the request's offset, synchronously, and resume the assignment.
+
+Nothing is committed before its job is fully published, or its DLQ envelope acknowledged. A job
+that fails for a transient reason (Kafka or Postgres unreachable) is retried with backoff; a
+service stopped (SIGTERM, Ctrl-C: at the next page boundary) or killed mid-job gets the same
+request again on restart, and the job resumes after its last checkpoint. A request without a
+``job_id`` gets one derived from its position in the topic and its bytes, so that its job too
+resumes instead of starting over. A request seen again after its job finished (a commit lost to a
+crash or a rebalance) finds the job done and publishes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from producer.job import JobInterrupted, JobOptions, run_job, topic_specs
+from reindex_common.errors import BadInputError, KafkaError, ReindexError
+from reindex_common.jobs import JobCheckpoint
+from reindex_common.kafka import ReliableProducer, ensure_topics
+from reindex_common.messages import ReindexRequest, dlq_message, dump, parse_request
+from reindex_common.settings import Settings
+
+log = logging.getLogger("reindex.serve")
+
+# Short, so that a killed service's partition moves on quickly (Tansu also makes a group's first
+# join wait half of it); heartbeats come from librdkafka's own thread, so jobs do not count.
+SESSION_TIMEOUT_MS = 6_000
+# What counts between two polls is one page of a job (plus the count query before the first).
+MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
+
+
+def serve_group(settings: Settings) -> str:
+    """The consumer group of the request service."""
+    return settings.topic("scorecard-reindex-serve")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    max_rate: float | None = None  # scorecards per second, for every job
+    backoff_s: float = 1.0  # first wait before retrying a failed job; doubles up to the maximum
+    max_backoff_s: float = 60.0
+    poll_s: float = 1.0  # how long an idle poll waits (and so how soon a stop is noticed)
+
+
+def derived_job_id(message: Message) -> str:
+    """A job id for a request that has none: the same every time this message is read."""
+    digest = hashlib.sha256(message.value() or b"").hexdigest()[:8]
+    return f"request-{message.partition()}-{message.offset()}-{digest}"
+
+
+def _where(message: Message) -> str:
+    return f"{message.topic()}[{message.partition()}]@{message.offset()}"
+
+
+class RequestService:
+    """Runs the jobs of the requests topic, one at a time, until :meth:`stop` is called."""
+
+    def __init__(self, settings: Settings, options: ServeOptions = ServeOptions()) -> None:
+        self.settings = settings
+        self.options = options
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Stop at the next page boundary (safe from a signal handler or another thread)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self) -> None:
+        """Serve until stopped; raise :class:`KafkaError` when Kafka cannot be used at all."""
+        ensure_topics(self.settings, topic_specs(self.settings))
+        try:
+            consumer = Consumer(
+                {
+                    **self.settings.kafka_client_config(),
+                    "group.id": serve_group(self.settings),
+                    "client.id": "reindex-serve",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",  # requests sent before the first start
+                    "session.timeout.ms": SESSION_TIMEOUT_MS,
+                    "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 4,
+                    "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
+                }
+            )
+            consumer.subscribe([self.settings.requests_topic])
+        except KafkaException as e:
+            raise KafkaError(f"cannot consume requests: {e.args[0].str()}") from e
+        log.info(
+            "serving requests from %s as group %s",
+            self.settings.requests_topic,
+            serve_group(self.settings),
+        )
+        try:
+            while not self.stopping:
+                message = consumer.poll(self.options.poll_s)
+                if message is None:
+                    continue
+                error = message.error()
+                if error is not None:
+                    if error.fatal():
+                        raise KafkaError(f"cannot consume requests: {error.str()}")
+                    log.warning("consuming requests: %s", error.str())
+                    continue
+                self._handle(consumer, message)
+        finally:
+            log.info("stopping: leaving group %s", serve_group(self.settings))
+            consumer.close()
+
+    # --- one request ---------------------------------------------------------------------------
+
+    def _handle(self, consumer: Consumer, message: Message) -> None:
+        with self._paused(consumer):
+            try:
+                request = parse_request(message.value() or b"")
+            except BadInputError as e:
+                done = self._reject(consumer, message, str(e))
+            else:
+                if "job_id" not in request.model_fields_set:
+                    request = request.model_copy(update={"job_id": derived_job_id(message)})
+                log.info(
+                    "request %s: job %s, [%s, %s) types %s, batch size %d%s",
+                    _where(message),
+                    request.job_id,
+                    request.start.isoformat(),
+                    request.end.isoformat(),
+                    ",".join(request.scorecard_types),
+                    request.batch_size,
+                    ", clean-up" if request.clean_up else "",
+                )
+                done = self._run(consumer, message, request)
+            if done:
+                self._commit(consumer, message)
+
+    def _run(self, consumer: Consumer, message: Message, request: ReindexRequest) -> bool:
+        """Run the job until it is done (True), or until the service stops (False)."""
+        options = JobOptions(
+            max_rate=self.options.max_rate,
+            show_progress=False,
+            on_page=lambda _cp: self._between_pages(consumer),
+        )
+        delay = self.options.backoff_s
+        while not self.stopping:
+            try:
+                result = run_job(self.settings, request, options)
+            except JobInterrupted:
+                return False
+            except BadInputError as e:  # e.g. the job id exists with another range
+                return self._reject(consumer, message, str(e))
+            except ReindexError as e:
+                log.error(
+                    "job %s failed, retrying in %.0f s (request not committed): %s",
+                    request.job_id,
+                    delay,
+                    e,
+                )
+                self._wait(consumer, delay)
+                delay = min(delay * 2, self.options.max_backoff_s)
+                continue
+            self._log_done(result)
+            return True
+        return False
+
+    def _log_done(self, result: JobCheckpoint) -> None:
+        took = ""
+        if result.finished_at is not None:
+            took = f" in {(result.finished_at - result.started_at).total_seconds():.1f} s"
+        log.info(
+            "job %s finished: %s scorecards and %s scores published%s",
+            result.job_id,
+            f"{result.published_scorecards:,}",
+            f"{result.published_scores:,}",
+            took,
+        )
+
+    def _reject(self, consumer: Consumer, message: Message, reason: str) -> bool:
+        """Send ``message`` to the DLQ with ``reason``; True once the broker has it."""
+        log.warning("request %s rejected, sent to the DLQ: %s", _where(message), reason)
+        envelope = dlq_message(
+            reason=reason,
+            service="serve",
+            topic=message.topic() or self.settings.requests_topic,
+            partition=message.partition(),
+            offset=message.offset(),
+            key=message.key(),
+            value=message.value(),
+        )
+        delay = self.options.backoff_s
+        while not self.stopping:
+            try:
+                producer = ReliableProducer(self.settings, client_id="reindex-serve-dlq")
+                producer.send(self.settings.dlq_topic, dump(envelope), key=message.key())
+                producer.flush(30)
+                return True
+            except ReindexError as e:
+                log.error("cannot write to the DLQ, retrying in %.0f s: %s", delay, e)
+                self._wait(consumer, delay)
+                delay = min(delay * 2, self.options.max_backoff_s)
+        return False
+
+    def _commit(self, consumer: Consumer, message: Message) -> None:
+        try:
+            consumer.commit(message=message, asynchronous=False)
+        except KafkaException as e:
+            # The request comes again (here or to another member); its job is done by then.
+            log.warning("could not commit request %s: %s", _where(message), e.args[0].str())
+
+    # --- the group membership while a request is handled ---------------------------------------
+
+    @contextmanager
+    def _paused(self, consumer: Consumer) -> Iterator[None]:
+        consumer.pause(consumer.assignment())
+        try:
+            yield
+        finally:
+            try:
+                consumer.resume(consumer.assignment())
+            except KafkaException as e:
+                log.warning("could not resume the requests assignment: %s", e.args[0].str())
+
+    def _keep_alive(self, consumer: Consumer, timeout_s: float = 0) -> None:
+        """Poll without taking a request: serves the group protocol and max.poll.interval."""
+        message = consumer.poll(timeout_s)
+        if message is None or message.error() is not None:
+            return
+        # A rebalance assigned a partition afresh (not paused): put the message back for later.
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is not None and partition is not None and offset is not None:
+            consumer.seek(TopicPartition(topic, partition, offset))
+        consumer.pause(consumer.assignment())
+
+    def _between_pages(self, consumer: Consumer) -> None:
+        if self.stopping:
+            raise JobInterrupted("the service is stopping")
+        self._keep_alive(consumer)
+
+    def _wait(self, consumer: Consumer, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            self._keep_alive(consumer, min(left, 0.5))
+
+
+def serve_forever(settings: Settings, options: ServeOptions = ServeOptions()) -> None:
+    """Run the service in the main thread; SIGTERM and SIGINT stop it at a page boundary."""
+    service = RequestService(settings, options)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        service.stop()
+
+    previous: dict[signal.Signals, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, on_signal)
+    try:
+        service.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,70 @@
+"""Job checkpoints: what a producer job has durably published, kept in the compacted jobs topic.
+
+The producer writes one :class:`JobCheckpoint` per job id after every page whose messages were
+confirmed delivered; the last one for a job id is the job's state. A rerun of the job resumes after
+``cursor``. ``max_offsets`` holds, per partition of the scorecards topic, the highest offset at
+which the job published a message: the job is fully written once the consumer group's committed
+offset on each of those partitions has passed it (the consumer commits only after writing).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reindex_common.kafka import ReliableProducer, read_topic
+from reindex_common.messages import ReindexRequest, UtcDatetime
+from reindex_common.settings import Settings
+
+JobState = Literal["running", "done", "failed"]
+
+
+class PageCursor(BaseModel):
+    """The keyset position after the last published scorecard (SPEC §2 order)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    created_at: UtcDatetime
+    scorecard_id: str
+    customer_id: str
+    profile_id: str
+
+
+class JobCheckpoint(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    job_id: str
+    request: ReindexRequest
+    state: JobState
+    selected: int | None = None  # scorecards matching the request when the job started
+    published_scorecards: int = 0
+    published_scores: int = 0
+    pages: int = 0
+    cursor: PageCursor | None = None
+    max_offsets: dict[int, int] = Field(default_factory=dict)
+    error: str | None = None
+    started_at: UtcDatetime
+    updated_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    finished_at: UtcDatetime | None = None
+
+
+def write_checkpoint(producer: ReliableProducer, settings: Settings, cp: JobCheckpoint) -> None:
+    """Record ``cp`` durably (returns once the broker has acknowledged it)."""
+    producer.send(settings.jobs_topic, cp.model_dump_json().encode(), key=cp.job_id.encode())
+    producer.flush()
+
+
+def read_checkpoints(settings: Settings, timeout_s: float = 30.0) -> dict[str, JobCheckpoint]:
+    """The latest checkpoint of every job in the jobs topic (read to its end)."""
+    latest: dict[str, JobCheckpoint] = {}
+    for value in read_topic(settings, settings.jobs_topic, timeout_s):
+        cp = JobCheckpoint.model_validate_json(value)
+        latest[cp.job_id] = cp
+    return latest
+
+
+def read_checkpoint(settings: Settings, job_id: str) -> JobCheckpoint | None:
+    return read_checkpoints(settings).get(job_id)

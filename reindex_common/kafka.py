@@ -1,0 +1,217 @@
+"""Kafka access: a thin, loud producer wrapper and topic creation.
+
+The producer is idempotent with ``acks=all``; every message gets a delivery callback, failures are
+recorded, and :meth:`ReliableProducer.flush` raises :class:`KafkaError` if anything stayed
+undelivered — a message that cannot be delivered fails the job, never silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # NewTopic: not in its stubs
+    AdminClient,
+    NewTopic,
+)
+
+from reindex_common.errors import KafkaError
+from reindex_common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def _admin(settings: Settings) -> AdminClient:
+    return AdminClient(settings.kafka_client_config())
+
+
+def existing_topics(
+    settings: Settings, timeout_s: float = 15.0, grace_s: float = 2.0
+) -> dict[str, int]:
+    """Topic name → partition count, or :class:`KafkaError` when the broker does not answer.
+
+    Gives up after ``grace_s`` once librdkafka reports every broker down (connection refused:
+    nothing to wait for), after ``timeout_s`` otherwise.
+    """
+    errors: list[ConfluentKafkaError] = []
+    config: dict[str, Any] = {**settings.kafka_client_config(), "error_cb": errors.append}
+    admin = AdminClient(config)
+    began = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - began
+        try:
+            metadata = admin.list_topics(timeout=max(0.1, min(0.5, timeout_s - elapsed)))
+            break
+        except KafkaException as e:
+            admin.poll(0)  # serves error_cb
+            down = any(x.code() == ConfluentKafkaError._ALL_BROKERS_DOWN for x in errors)
+            if elapsed + 0.5 < timeout_s and not (down and elapsed >= grace_s):
+                continue
+            causes = [x.str() for x in errors if x.code() != ConfluentKafkaError._ALL_BROKERS_DOWN]
+            reason = causes[0] if causes else e.args[0].str()
+            raise KafkaError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {reason}") from e
+    return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
+
+
+def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> None:
+    """Create the topics that are missing; existing ones are left as they are."""
+    present = existing_topics(settings)
+    missing = [s for s in specs if s.name not in present]
+    if not missing:
+        return
+    new = [
+        NewTopic(s.name, s.partitions, settings.topic_replication, config=s.config) for s in missing
+    ]
+    admin = _admin(settings)  # must outlive the futures it returns
+    futures = admin.create_topics(new, operation_timeout=timeout_s)
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            log.info("created topic %s", name)
+        except KafkaException as e:
+            if e.args[0].name() != "TOPIC_ALREADY_EXISTS":  # another process won the race
+                raise KafkaError(f"cannot create topic {name}: {e.args[0].str()}") from e
+
+
+class ReliableProducer:
+    """confluent-kafka ``Producer`` that counts deliveries and raises on any failure."""
+
+    def __init__(self, settings: Settings, *, client_id: str, **overrides: Any) -> None:
+        config: dict[str, Any] = {
+            **settings.kafka_client_config(),
+            "client.id": client_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": "lz4",
+            "linger.ms": 10,
+            "batch.num.messages": 10_000,
+            "message.timeout.ms": 120_000,
+            **overrides,
+        }
+        self._producer = Producer(config)
+        self._bootstrap = settings.kafka_bootstrap
+        self.delivered = 0
+        self.failures: list[str] = []
+        # (topic, partition) -> highest offset delivered there, from the delivery reports
+        self.max_offsets: dict[tuple[str, int], int] = {}
+
+    def _on_delivery(self, error: Any, message: Message) -> None:
+        if error is not None:
+            self.failures.append(str(error.str()))
+            return
+        self.delivered += 1
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None:
+            return
+        if offset > self.max_offsets.get((topic, partition), -1):
+            self.max_offsets[(topic, partition)] = offset
+
+    def offsets_of(self, topic: str) -> dict[int, int]:
+        """Partition -> highest offset delivered to ``topic`` so far."""
+        return {p: o for (t, p), o in self.max_offsets.items() if t == topic}
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
+        """Queue one message; when librdkafka's queue is full, serve callbacks and retry."""
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as e:
+                raise KafkaError(f"cannot produce to {topic}: {e.args[0].str()}") from e
+        self._producer.poll(0)
+        if self.failures:
+            self._raise_failures()
+
+    def flush(self, timeout_s: float = 120.0) -> None:
+        """Wait until every queued message is delivered; raise :class:`KafkaError` otherwise."""
+        remaining = self._producer.flush(timeout_s)
+        if self.failures:
+            self._raise_failures()
+        if remaining:
+            raise KafkaError(
+                f"{remaining} message(s) not delivered to Kafka at {self._bootstrap} "
+                f"within {timeout_s:.0f} s"
+            )
+
+    def _raise_failures(self) -> None:
+        first = self.failures[0]
+        count = len(self.failures)
+        raise KafkaError(f"{count} message(s) could not be delivered to Kafka: {first}")
+
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[bytes]:
+    """Every value in ``topic`` from the beginning to the end it had when called."""
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"reindex-reader-{uuid.uuid4().hex[:8]}",  # never joins: manual assign
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            # The end is where a fetch comes back empty (high watermarks are not to be trusted:
+            # Tansu reports the last batch's base offset + 1). A short fetch wait makes an empty
+            # fetch likely even while the topic is being written to (a running job's checkpoints).
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    values: list[bytes] = []
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s)
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            return values
+        pending: set[int] = set()
+        assignment = []
+        for p in found.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                pending.add(p)
+                assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        consumer.assign(assignment)
+        while pending:
+            msg = consumer.poll(timeout_s)
+            if msg is None:
+                raise KafkaError(f"timed out reading {topic}")
+            error = msg.error()
+            if error is not None:
+                if error.code() == ConfluentKafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition() or 0)
+                    continue
+                raise KafkaError(f"cannot read {topic}: {error.str()}")
+            value = msg.value()
+            if value:
+                values.append(value)
+    except KafkaException as e:
+        raise KafkaError(f"cannot read {topic}: {e.args[0].str()}") from e
+    finally:
+        consumer.close()
+    return values

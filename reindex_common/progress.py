@@ -1,0 +1,102 @@
+"""Showing progress: a rich progress bar on a terminal, plain periodic log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+log = logging.getLogger("reindex.progress")
+
+
+class ProgressView:
+    """Counts one quantity towards a known total, shown as a bar or as log lines."""
+
+    def __init__(
+        self,
+        description: str,
+        total: int | None,
+        *,
+        unit: str = "scorecards",
+        every_s: float = 5,
+        bar: bool = True,
+    ) -> None:
+        """``bar=False`` logs lines even on a terminal (a service's log stays line-based)."""
+        self._description = description
+        self._total = total
+        self._unit = unit
+        self._every_s = every_s
+        self._done = 0
+        self._began = time.monotonic()
+        self._last_log = self._began
+        self._want_bar = bar
+        self._bar: Progress | None = None
+        self._task: object = None
+
+    def __enter__(self) -> ProgressView:
+        if self._want_bar and sys.stderr.isatty():
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self._description, total=self._total, rate="")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self._began
+        return self._done / elapsed if elapsed > 0 else 0.0
+
+    def advance(self, count: int, start_at: int | None = None) -> None:
+        if start_at is not None:
+            self._done = start_at
+        self._done += count
+        if self._bar is not None:
+            self._bar.update(
+                self._task,  # type: ignore[arg-type]
+                completed=self._done,
+                rate=f"{self.rate:,.0f} {self._unit}/s",
+            )
+            return
+        now = time.monotonic()
+        if now - self._last_log >= self._every_s:
+            self._last_log = now
+            total = f" of {self._total:,}" if self._total is not None else ""
+            log.info(
+                "%s: %s%s %s (%.0f/s)",
+                self._description,
+                f"{self._done:,}",
+                total,
+                self._unit,
+                self.rate,
+            )
