@@ -19,6 +19,7 @@ from reindex_common.settings import ShardEndpoint
 RETRYABLE_CODES = frozenset(
     {
         3,  # UNEXPECTED_END_OF_FILE
+        32,  # ATTEMPT_TO_READ_AFTER_EOF
         159,  # TIMEOUT_EXCEEDED
         160,  # TOO_SLOW
         164,  # READONLY (replica lost its session)
@@ -26,13 +27,16 @@ RETRYABLE_CODES = frozenset(
         203,  # NO_FREE_CONNECTION
         209,  # SOCKET_TIMEOUT
         210,  # NETWORK_ERROR
+        236,  # ABORTED (the server is shutting down)
         241,  # MEMORY_LIMIT_EXCEEDED
         242,  # TABLE_IS_READ_ONLY
         252,  # TOO_MANY_PARTS
         285,  # TOO_FEW_LIVE_REPLICAS
         319,  # UNKNOWN_STATUS_OF_INSERT
+        394,  # QUERY_WAS_CANCELLED
         425,  # SYSTEM_ERROR
         999,  # KEEPER_EXCEPTION
+        1000,  # POCO_EXCEPTION (network)
     }
 )
 
@@ -48,6 +52,20 @@ def error_code(error: BaseException) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _concise(error: ClickHouseError) -> str:
+    """One short line for an error: the server's message, or what went wrong on the wire."""
+    text = " ".join(str(error).split())
+    for marker, short in (
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("Connection reset", "connection reset"),
+        ("RemoteDisconnected", "connection closed by the server"),
+    ):
+        if marker in text and error_code(error) is None:  # no server code: the wire failed
+            return short
+    return text[:500] or type(error).__name__
+
+
 def wrap_error(error: ClickHouseError, shard: ShardEndpoint, doing: str) -> ShardWriteError:
     """A :class:`ShardWriteError` for ``error``: retryable when the shard may recover."""
     code = error_code(error)
@@ -55,7 +73,7 @@ def wrap_error(error: ClickHouseError, shard: ShardEndpoint, doing: str) -> Shar
         retryable = True  # could not reach the shard, or the connection broke
     else:
         retryable = code in RETRYABLE_CODES
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    first = _concise(error)
     return ShardWriteError(
         f"shard {shard.index} ({shard.url}) failed to {doing}: {first[:500]}",
         shard=shard.index,

@@ -68,95 +68,73 @@ HISTORIC_DDL: tuple[str, ...] = (
     """,
 )
 
-# Column order of the two target tables; the consumer builds its inserts in this order.
-SCORECARD_COLUMNS: tuple[str, ...] = (
-    "customer_id",
-    "profile_id",
-    "scorecard_id",
-    "template_id",
-    "template_revision",
-    "scorecard_type",
-    "template_title",
-    "conversation_id",
-    "agent_user_id",
-    "creator_user_id",
-    "score",
-    "submitted_at",
-    "created_at",
-    "updated_at",
-    "reindex_job_id",
-    "reindexed_at",
+# The two target tables of SPEC §3: (column, ClickHouse type), in table order. The DDL below and
+# the consumer's inserts (which send these types, sparing a DESCRIBE per insert) both use them.
+SCORECARD_SCHEMA: tuple[tuple[str, str], ...] = (
+    ("customer_id", "String"),
+    ("profile_id", "String"),
+    ("scorecard_id", "String"),
+    ("template_id", "String"),
+    ("template_revision", "String"),
+    ("scorecard_type", "LowCardinality(String)"),
+    ("template_title", "String"),
+    ("conversation_id", "Nullable(String)"),
+    ("agent_user_id", "Nullable(String)"),
+    ("creator_user_id", "Nullable(String)"),
+    ("score", "Nullable(Float64)"),
+    ("submitted_at", "Nullable(DateTime64(6, 'UTC'))"),
+    ("created_at", "DateTime64(6, 'UTC')"),
+    ("updated_at", "DateTime64(6, 'UTC')"),
+    ("reindex_job_id", "String"),
+    ("reindexed_at", "DateTime64(6, 'UTC')"),
 )
 
-SCORE_COLUMNS: tuple[str, ...] = (
-    "customer_id",
-    "profile_id",
-    "scorecard_id",
-    "criterion_id",
-    "scorecard_type",
-    "is_process_scorecard",
-    "conversation_id",
-    "agent_user_id",
-    "numeric_value",
-    "not_applicable",
-    "comment",
-    "created_at",
-    "updated_at",
-    "reindex_job_id",
-    "reindexed_at",
+SCORE_SCHEMA: tuple[tuple[str, str], ...] = (
+    ("customer_id", "String"),
+    ("profile_id", "String"),
+    ("scorecard_id", "String"),
+    ("criterion_id", "String"),
+    ("scorecard_type", "LowCardinality(String)"),
+    ("is_process_scorecard", "UInt8"),
+    ("conversation_id", "Nullable(String)"),
+    ("agent_user_id", "Nullable(String)"),
+    ("numeric_value", "Nullable(Float64)"),
+    ("not_applicable", "UInt8"),
+    ("comment", "Nullable(String)"),
+    ("created_at", "DateTime64(6, 'UTC')"),
+    ("updated_at", "DateTime64(6, 'UTC')"),
+    ("reindex_job_id", "String"),
+    ("reindexed_at", "DateTime64(6, 'UTC')"),
 )
+
+SCORECARD_COLUMNS: tuple[str, ...] = tuple(name for name, _ in SCORECARD_SCHEMA)
+SCORE_COLUMNS: tuple[str, ...] = tuple(name for name, _ in SCORE_SCHEMA)
+SCORECARD_TYPES: tuple[str, ...] = tuple(kind for _, kind in SCORECARD_SCHEMA)
+SCORE_TYPES: tuple[str, ...] = tuple(kind for _, kind in SCORE_SCHEMA)
 
 DEDUP_WINDOW = 10_000
 
 
+def _table(database: str, name: str, schema: tuple[tuple[str, str], ...], key: str) -> str:
+    columns = ",\n    ".join(f"{column} {kind}" for column, kind in schema)
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{database}`.{name} (\n    {columns}\n)\n"
+        f"ENGINE = ReplacingMergeTree(updated_at)\nORDER BY ({key})\n"
+        f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
+    )
+
+
 def target_ddl(database: str) -> tuple[str, ...]:
     """``CREATE`` statements for the database and both tables of SPEC §3 on one shard."""
-    db = f"`{database}`"
     return (
-        f"CREATE DATABASE IF NOT EXISTS {db}",
-        f"""
-        CREATE TABLE IF NOT EXISTS {db}.scorecards (
-            customer_id        String,
-            profile_id         String,
-            scorecard_id       String,
-            template_id        String,
-            template_revision  String,
-            scorecard_type     LowCardinality(String),
-            template_title     String,
-            conversation_id    Nullable(String),
-            agent_user_id      Nullable(String),
-            creator_user_id    Nullable(String),
-            score              Nullable(Float64),
-            submitted_at       Nullable(DateTime64(6, 'UTC')),
-            created_at         DateTime64(6, 'UTC'),
-            updated_at         DateTime64(6, 'UTC'),
-            reindex_job_id     String,
-            reindexed_at       DateTime64(6, 'UTC')
-        ) ENGINE = ReplacingMergeTree(updated_at)
-        ORDER BY (customer_id, profile_id, scorecard_id)
-        SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
-        """,
-        f"""
-        CREATE TABLE IF NOT EXISTS {db}.scorecard_scores (
-            customer_id           String,
-            profile_id            String,
-            scorecard_id          String,
-            criterion_id          String,
-            scorecard_type        LowCardinality(String),
-            is_process_scorecard  UInt8,
-            conversation_id       Nullable(String),
-            agent_user_id         Nullable(String),
-            numeric_value         Nullable(Float64),
-            not_applicable        UInt8,
-            comment               Nullable(String),
-            created_at            DateTime64(6, 'UTC'),
-            updated_at            DateTime64(6, 'UTC'),
-            reindex_job_id        String,
-            reindexed_at          DateTime64(6, 'UTC')
-        ) ENGINE = ReplacingMergeTree(updated_at)
-        ORDER BY (customer_id, profile_id, scorecard_id, criterion_id)
-        SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
-        """,
+        f"CREATE DATABASE IF NOT EXISTS `{database}`",
+        _table(database, "scorecards", SCORECARD_SCHEMA, "customer_id, profile_id, scorecard_id"),
+        _table(
+            database,
+            "scorecard_scores",
+            SCORE_SCHEMA,
+            "customer_id, profile_id, scorecard_id, criterion_id",
+        ),
     )
 
 

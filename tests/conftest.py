@@ -7,6 +7,7 @@ from fix_services import (  # noqa: F401 - fixtures
     clickhouse_database,
     make_settings,
     make_source_db,
+    pipeline_settings,
     run_id,
     services,
 )

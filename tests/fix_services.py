@@ -37,6 +37,7 @@ class Services:
     kafka_bootstrap: str
     shard_urls: tuple[str, ...]
     origin: str  # "env", "testcontainers" or "embedded"
+    stack_root: Path | None = None  # the embedded stack's directory, when it is that
 
 
 def _docker_answers() -> bool:
@@ -101,7 +102,9 @@ def _embedded(root: Path, pg_dsn: str) -> Iterator[Services]:
     )
     state = stack.up(config)
     try:
-        yield Services(state.pg_dsn, state.kafka_bootstrap, tuple(state.shard_urls), "embedded")
+        yield Services(
+            state.pg_dsn, state.kafka_bootstrap, tuple(state.shard_urls), "embedded", root
+        )
     finally:
         stack.down(root)
 
@@ -204,18 +207,22 @@ def make_settings(services: Services, clickhouse_database: str) -> Callable[...,
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment a subprocess (``reindex ...``) needs to see ``settings``."""
+    """The environment a subprocess (``reindex ...``) needs to see exactly ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REINDEX_")}
-    env.update(
-        {
-            "REINDEX_PG_DSN": settings.director_dsn,
-            "REINDEX_HISTORIC_PG_DSN": settings.historic_dsn,
-            "REINDEX_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "REINDEX_CLICKHOUSE_SHARDS": settings.clickhouse_shards.get_secret_value(),
-            "REINDEX_CLICKHOUSE_DATABASE": settings.clickhouse_database,
-            "REINDEX_TOPIC_PREFIX": settings.topic_prefix,
-            "REINDEX_MODE": settings.mode,
-            "REINDEX_BATCH_SIZE": str(settings.batch_size),
-        }
+    return env | settings.to_env()
+
+
+@pytest.fixture
+def pipeline_settings(
+    make_settings: Callable[..., Settings], make_source_db: Callable[[], str]
+) -> Iterator[Settings]:
+    """Settings with their own source database, ClickHouse database and topics (one per test)."""
+    database = f"reindex_p_{uuid.uuid4().hex[:10]}"
+    settings = make_settings(
+        pg_dsn=make_source_db(), clickhouse_database=database, topic_partitions=4
     )
-    return env
+    init_target_schema(settings.shards, database)
+    yield settings
+    for shard in settings.shards:
+        with contextlib.suppress(Exception), shard_client(shard) as client:
+            client.command(f"DROP DATABASE IF EXISTS `{database}`")

@@ -1,0 +1,195 @@
+"""The Faust app of the consumer group: batches in, shard writes, offsets committed after.
+
+The commit order, for every batch (``stream.noack_take`` never acks by itself):
+
+1. take up to ``consumer_batch_size`` messages, waiting at most ``consumer_batch_wait`` seconds;
+2. in a thread: validate each message (invalid ones go to the DLQ), group by shard, and per shard
+   run DELETE (clean-up), INSERT scorecards, INSERT scores, each retried until it succeeds or the
+   retry deadline passes; then publish what was written per job and flush the DLQ and those
+   records;
+3. only then ack the batch's events; Faust commits acked offsets every
+   ``consumer_commit_interval`` seconds, on rebalance, and on shutdown.
+
+If step 2 fails for good, nothing is acked and the worker stops with an error: the batch's offsets
+are never committed and the group redelivers it. (``stream.take`` would be wrong here: it acks its
+batch in a ``finally``, even when the body raised — see NOTES.md.) SIGTERM and SIGINT let the
+current batch finish, commit it, and then leave the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.types import EventT
+from faust.web import Request, Response, View
+
+from consumer.batch import RawMessage
+from consumer.metrics import Metrics
+from consumer.processor import BatchProcessor
+from reindex_common.errors import ReindexError
+from reindex_common.settings import Settings
+
+log = logging.getLogger("reindex.consumer")
+
+
+@dataclass
+class WorkerState:
+    """What the agent and the signal handlers share."""
+
+    worker_id: str
+    busy: bool = False
+    draining: bool = False
+    fatal: ReindexError | None = None
+    worker: faust.Worker | None = None
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _broker_credentials(settings: Settings) -> Any:
+    if settings.kafka_sasl_mechanism is None:
+        if settings.kafka_security_protocol == "SSL":
+            import ssl  # noqa: PLC0415
+
+            return faust.SSLCredentials(
+                ssl.create_default_context(cafile=settings.kafka_ssl_ca_location)
+            )
+        return None
+    import ssl  # noqa: PLC0415
+
+    context = None
+    if settings.kafka_security_protocol == "SASL_SSL":
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_ca_location)
+    password = settings.kafka_sasl_password
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password.get_secret_value() if password else None,
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=context,
+    )
+
+
+def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, BatchProcessor]:
+    app = faust.App(
+        settings.group_id,
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=_broker_credentials(settings),
+        broker_session_timeout=settings.consumer_session_timeout,
+        broker_heartbeat_interval=settings.consumer_heartbeat_interval,
+        broker_commit_interval=settings.consumer_commit_interval,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        datadir=tempfile.mkdtemp(prefix=f"reindex-faust-{state.worker_id}-"),
+        store="memory://",
+        web_enabled=settings.metrics_port is not None,
+        web_port=settings.metrics_port or 6066,
+        web_bind=settings.metrics_bind,
+        web_in_thread=False,
+    )
+    metrics = Metrics(worker=state.worker_id)
+    processor = BatchProcessor(settings, state.worker_id, metrics)
+    topic = app.topic(settings.scorecards_topic, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(topic, concurrency=1)
+    async def write_batches(stream: Any) -> None:  # faust.Stream: its types lack noack_take
+        size, wait = settings.consumer_batch_size, settings.consumer_batch_wait
+        batch: list[EventT[bytes]]
+        async for batch in stream.noack_take(size, within=wait):
+            events = batch
+            raws = [
+                RawMessage(
+                    topic=e.message.topic,
+                    partition=e.message.partition,
+                    offset=e.message.offset,
+                    key=e.message.key,
+                    value=e.value,
+                )
+                for e in events
+            ]
+            state.busy = True
+            try:
+                report = await asyncio.to_thread(processor.process, raws)
+            except ReindexError as e:
+                state.fatal = e
+                log.critical("stopping the worker, nothing of this batch is committed: %s", e)
+                _shutdown(state)
+                await state.stop_requested.wait()  # never ack; the shutdown cancels us
+                return
+            finally:
+                state.busy = False
+            for event in events:
+                await stream.ack(event)
+            log.info("%s", report.line())
+            if state.draining:
+                await app.consumer.commit()
+                log.info("batch committed; leaving the group")
+                _shutdown(state)
+
+    @app.on_partitions_assigned.connect
+    def on_assigned(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        assigned: set[Any] = args[0]
+        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.scorecards_topic)
+        log.info(
+            "worker %s assigned partitions %s of %s",
+            state.worker_id,
+            mine,
+            settings.scorecards_topic,
+        )
+
+    @app.on_partitions_revoked.connect
+    def on_revoked(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        revoked: set[Any] = args[0]
+        gone = sorted(tp.partition for tp in revoked if tp.topic == settings.scorecards_topic)
+        if gone:
+            log.info("worker %s gives up partitions %s", state.worker_id, gone)
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.text(metrics.exposition(), content_type="text/plain; version=0.0.4")
+
+    del write_batches, on_assigned, on_revoked, MetricsView
+    return app, processor
+
+
+def _shutdown(state: WorkerState) -> None:
+    state.stop_requested.set()
+    if state.worker is not None:
+        # Leave without waiting for events that will never be acked (the failed batch, the next
+        # one buffering): Faust then commits exactly the acked offsets and stops.
+        state.worker.app.conf.stream_wait_empty = False
+        # mode's own shutdown path, the one its SIGTERM handler takes
+        state.worker._schedule_shutdown(signal.SIGTERM)
+
+
+class ConsumerWorker(faust.Worker):
+    """A Faust worker whose SIGTERM/SIGINT let the batch being written finish and commit."""
+
+    def __init__(self, app: faust.App, state: WorkerState, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._state = state
+        state.worker = self
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        state = self._state
+        if state.draining:
+            log.warning("second %s: stopping now (the batch in flight is not committed)", sig.name)
+            _shutdown(state)
+            return
+        state.draining = True
+        if state.busy:
+            log.info("%s: finishing the current batch, then leaving the group", sig.name)
+        else:
+            log.info("%s: leaving the group", sig.name)
+            _shutdown(state)
+
+    def _on_sigterm(self) -> None:
+        self._on_stop_signal(signal.SIGTERM)
+
+    def _on_sigint(self) -> None:
+        self._on_stop_signal(signal.SIGINT)

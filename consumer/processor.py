@@ -1,0 +1,116 @@
+"""Processing one batch: validate, DLQ, write every shard, record what was written.
+
+This runs in a thread (the Faust event loop keeps heartbeating meanwhile). The agent acks the
+batch's events only after :meth:`BatchProcessor.process` returned; see ``consumer/app.py`` for
+the commit order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from consumer.batch import ParsedBatch, RawMessage, build
+from consumer.metrics import Metrics
+from consumer.writer import ShardWriter
+from reindex_common.kafka import ReliableProducer
+from reindex_common.messages import dlq_message, dump
+from reindex_common.settings import Settings
+from reindex_common.written import WrittenRecord, to_runs
+
+log = logging.getLogger("reindex.consumer")
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    number: int
+    messages: int
+    parsed: ParsedBatch
+    seconds: float
+
+    def line(self) -> str:
+        shards = ", ".join(
+            f"shard {b.shard}: {b.scorecard_count:,} scorecards/{b.score_count:,} scores"
+            + (" (clean-up)" if b.clean_up_keys else "")
+            for b in sorted(self.parsed.shards.values(), key=lambda b: b.shard)
+        )
+        extra = f"; {len(self.parsed.rejected)} to the DLQ" if self.parsed.rejected else ""
+        return (
+            f"batch {self.number}: {self.messages:,} messages -> {shards or 'nothing to write'}"
+            f" in {self.seconds * 1000:.0f} ms{extra}"
+        )
+
+
+class BatchProcessor:
+    def __init__(self, settings: Settings, worker_id: str, metrics: Metrics) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.metrics = metrics
+        # Unique to this process: a redelivered batch gets new insert deduplication tokens.
+        self.writer = ShardWriter(
+            settings,
+            nonce=f"{worker_id}-{uuid.uuid4().hex[:12]}",
+            on_retry=lambda _: metrics.retried(),
+        )
+        self.producer = ReliableProducer(settings, client_id=f"reindex-consumer-{worker_id}")
+        self.pool = ThreadPoolExecutor(max_workers=len(settings.shards), thread_name_prefix="shard")
+        self.batch_number = 0
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.writer.close()
+        self.producer.flush(30)
+
+    def process(self, raws: list[RawMessage]) -> BatchReport:
+        """Write the batch; return only when everything is durable (raises otherwise)."""
+        began = time.monotonic()
+        self.batch_number += 1
+        parsed = build(raws, len(self.settings.shards))
+        deadline = began + self.settings.write_retry_deadline
+
+        for rejected in parsed.rejected:
+            raw = rejected.raw
+            log.warning(
+                "to the DLQ: %s[%d]@%d: %s", raw.topic, raw.partition, raw.offset, rejected.reason
+            )
+            envelope = dlq_message(
+                reason=rejected.reason,
+                service=f"consumer:{self.worker_id}",
+                topic=raw.topic,
+                partition=raw.partition,
+                offset=raw.offset,
+                key=raw.key,
+                value=raw.value,
+            )
+            self.producer.send(self.settings.dlq_topic, dump(envelope), key=raw.key)
+
+        futures = [
+            self.pool.submit(self.writer.write, self.batch_number, shard_batch, deadline)
+            for shard_batch in parsed.shards.values()
+        ]
+        for future in futures:
+            future.result()  # re-raises the first shard's failure
+
+        for job_id, offsets in parsed.job_offsets.items():
+            scorecards, scores = parsed.job_counts.get(job_id, (0, 0))
+            record = WrittenRecord(
+                job_id=job_id,
+                worker=self.worker_id,
+                runs={p: to_runs(o) for p, o in offsets.items()},
+                scorecards=scorecards,
+                scores=scores,
+                per_shard=parsed.job_shards.get(job_id, {}),
+            )
+            self.producer.send(
+                self.settings.written_topic, record.model_dump_json().encode(), key=job_id.encode()
+            )
+        self.producer.flush()  # DLQ envelopes and written records are durable before the ack
+
+        seconds = time.monotonic() - began
+        self.metrics.batch_done(
+            parsed.scorecard_count, parsed.score_count, len(parsed.rejected), seconds
+        )
+        return BatchReport(self.batch_number, len(raws), parsed, seconds)

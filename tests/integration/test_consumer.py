@@ -1,0 +1,221 @@
+"""The consumer group against the real broker and shards: SPEC §3's correct result, always."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from confluent_kafka import Producer
+from fix_pipeline import (
+    assert_correct_result,
+    insert_rows,
+    reindex,
+    score,
+    scorecard,
+    start_worker,
+    template,
+    wait_until,
+    workers,
+)
+from fix_services import Services
+
+from producer.job import JobOptions, run_job
+from reindex_common.clickhouse import shard_client
+from reindex_common.devstack import stack
+from reindex_common.kafka import read_topic
+from reindex_common.messages import ReindexRequest
+from reindex_common.routing import shard_for
+from reindex_common.seed import SeedPlan, seed
+from reindex_common.settings import Settings
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+END = START + timedelta(days=30)
+ALL = ("PROCESS", "CONVERSATION")
+
+
+def _seed(settings: Settings, scorecards: int) -> None:
+    dsn = settings.director_dsn
+    seed(dsn, dsn, SeedPlan(scorecards, seed=5, start=START, days=30))
+
+
+def _produce(settings: Settings, job_id: str, *, clean_up: bool = False, batch: int = 200) -> None:
+    request = ReindexRequest(
+        job_id=job_id,
+        start=START,
+        end=END,
+        scorecard_types=ALL,
+        batch_size=batch,
+        clean_up=clean_up,
+    )
+    run_job(settings, request, JobOptions(show_progress=False))
+
+
+def _wait_written(settings: Settings, job_id: str, timeout_s: int = 180) -> None:
+    result = reindex(settings, "status", job_id, "--wait", "--timeout", str(timeout_s))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "complete" in result.stdout
+
+
+def test_two_workers_write_the_correct_result_and_status_waits_for_it(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    settings = pipeline_settings
+    _seed(settings, 1500)
+    _produce(settings, "e2e")
+
+    # Nothing consumes yet: --wait must not report success.
+    early = reindex(settings, "status", "e2e", "--wait", "--timeout", "2")
+    assert early.returncode == 1
+    assert "not fully written" in early.stderr
+    assert "written    0 scorecards" in early.stdout
+
+    with workers(settings, tmp_path, "w1", "w2") as (w1, w2):
+        _wait_written(settings, "e2e")
+        # Complete means written: check right away, before anything else could land.
+        assert_correct_result(settings, settings.director_dsn, START, END, ALL)
+        status = reindex(settings, "status", "e2e")
+        assert "written    1,500 scorecards" in status.stdout, status.stdout
+        for w in (w1, w2):
+            assert w.stop(signal.SIGTERM) == 0, w.output()
+            assert "leaving the group" in w.output()
+    logs = w1.output() + w2.output()
+    assert "assigned partitions" in logs
+
+
+def test_clean_up_removes_scores_postgres_no_longer_has(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    settings = pipeline_settings
+    dsn = settings.director_dsn
+    created = START + timedelta(days=1)
+    insert_rows(dsn, "director.scorecard_template_revisions", [template("c", "p", "t", "PROCESS")])
+    insert_rows(
+        dsn, "director.scorecards", [scorecard("c", "p", f"s{i}", "t", created) for i in range(5)]
+    )
+    insert_rows(
+        dsn,
+        "historic.scorecard_scores",
+        [score("c", "p", f"s{i}", f"k{k}", created) for i in range(5) for k in range(4)],
+    )
+    with workers(settings, tmp_path, "w1"):
+        _produce(settings, "first")
+        _wait_written(settings, "first")
+        assert_correct_result(settings, dsn, START, END, ALL)
+
+        with psycopg.connect(dsn) as conn:
+            conn.execute("DELETE FROM historic.scorecard_scores WHERE criterion_id = 'k3'")
+        _produce(settings, "no-clean-up")
+        _wait_written(settings, "no-clean-up")
+        assert_correct_result(settings, dsn, START, END, ALL, extra_scores_allowed=True)
+        shard = settings.shards[shard_for("c", len(settings.shards))]
+        query = "SELECT count() FROM scorecard_scores FINAL WHERE criterion_id = 'k3'"
+        with shard_client(shard, database=settings.clickhouse_database) as client:
+            assert client.command(query) == 5  # without clean-up the stale rows stay
+
+        _produce(settings, "with-clean-up", clean_up=True)
+        _wait_written(settings, "with-clean-up")
+        with shard_client(shard, database=settings.clickhouse_database) as client:
+            assert client.command(query) == 0
+        assert_correct_result(settings, dsn, START, END, ALL)
+
+
+def test_a_worker_killed_mid_job_loses_nothing(pipeline_settings: Settings, tmp_path: Path) -> None:
+    settings = pipeline_settings.replace(consumer_batch_size=50)
+    _seed(settings, 3000)
+    with workers(settings, tmp_path, "victim", "survivor") as (victim, survivor):
+        wait_until(lambda: "assigned partitions" in victim.output(), 60, "the victim to join")
+        _produce(settings, "kill")
+        wait_until(lambda: "batch 3:" in victim.output(), 60, "the victim to write batches")
+        victim.stop(signal.SIGKILL)
+        _wait_written(settings, "kill")
+        assert survivor.process.poll() is None
+    assert_correct_result(settings, settings.director_dsn, START, END, ALL)
+
+
+def test_a_shard_down_for_ten_seconds_delays_but_loses_nothing(
+    pipeline_settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    assert services.stack_root is not None, "needs the embedded stack to stop a shard"
+    settings = pipeline_settings.replace(consumer_batch_size=50)
+    _seed(settings, 1500)
+    state = stack.StackState.load(services.stack_root)
+    assert state is not None
+    with workers(settings, tmp_path, "w1") as (w1,):
+        _produce(settings, "outage")
+        wait_until(lambda: "batch 2:" in w1.output(), 60, "the first batches")
+        stack._stop(state.shards[1])
+        time.sleep(10)
+        stack.up(stack.StackConfig(root=services.stack_root, shards=len(state.shards)))
+        _wait_written(settings, "outage")
+        assert w1.process.poll() is None, w1.output()
+        assert "retry" in w1.output()
+    assert_correct_result(settings, settings.director_dsn, START, END, ALL)
+
+
+def test_poison_messages_go_to_the_dlq_and_the_rest_is_written(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    settings = pipeline_settings
+    _seed(settings, 300)
+    _produce(settings, "poison")
+    producer = Producer(settings.kafka_client_config())
+    poison = [b"{not json", json.dumps({"schema_version": 1, "job_id": "x"}).encode()]
+    for value in poison:
+        producer.produce(settings.scorecards_topic, value=value, key=b"poison")
+    assert producer.flush(30) == 0
+    port = stack.free_port()
+    worker = start_worker(settings, "w1", tmp_path, REINDEX_METRICS_PORT=str(port))
+    try:
+        _wait_written(settings, "poison")
+        wait_until(
+            lambda: len(read_topic(settings, settings.dlq_topic)) >= 2, 60, "two DLQ messages"
+        )
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'reindex_dlq_messages_total{worker="w1"} 2' in metrics
+        assert 'reindex_scorecards_written_total{worker="w1"} 300' in metrics
+    finally:
+        assert worker.stop() == 0, worker.output()
+    dlq = [json.loads(v) for v in read_topic(settings, settings.dlq_topic)]
+    assert sorted(base64.b64decode(d["original_value_base64"]) for d in dlq) == sorted(poison)
+    for entry in dlq:
+        assert entry["source_topic"] == settings.scorecards_topic
+        assert entry["source_offset"] >= 0
+        assert entry["original_key_base64"] == base64.b64encode(b"poison").decode()
+        assert entry["reason"].startswith("invalid scorecard message")
+    reasons = " ".join(d["reason"] for d in dlq)
+    assert "Invalid JSON" in reasons
+    assert "scorecard: Field required" in reasons
+    assert_correct_result(settings, settings.director_dsn, START, END, ALL)
+
+
+def test_past_the_retry_deadline_the_worker_stops_and_commits_nothing_unwritten(
+    pipeline_settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    assert services.stack_root is not None, "needs the embedded stack to stop a shard"
+    settings = pipeline_settings.replace(consumer_batch_size=50, write_retry_deadline=3.0)
+    _seed(settings, 600)
+    state = stack.StackState.load(services.stack_root)
+    assert state is not None
+    stack._stop(state.shards[0])
+    try:
+        _produce(settings, "deadline")
+        with workers(settings, tmp_path, "doomed") as (doomed,):
+            assert doomed.process.wait(90) == 1, doomed.output()
+        last_line = doomed.output().strip().splitlines()[-1]
+        assert last_line.startswith("reindex: error: shard 0"), last_line
+        assert "gave up after" in last_line
+        status = reindex(settings, "status", "deadline")
+        assert "complete" not in status.stdout.splitlines()[0]
+    finally:
+        stack.up(stack.StackConfig(root=services.stack_root, shards=len(state.shards)))
+    with workers(settings, tmp_path, "rescuer"):
+        _wait_written(settings, "deadline")
+    assert_correct_result(settings, settings.director_dsn, START, END, ALL)
