@@ -1,22 +1,42 @@
-"""``reindex demo``: the main job on the embedded default, from nothing to a report.
+"""``reindex demo``: the main job on the embedded default, from nothing to a verified report.
 
-Steps: bring the embedded stack up (or reuse a running one), create the schemas in a database of
-its own (``reindex_demo`` on the Postgres server, ``reindex`` on the shards), seed synthetic data,
-and report. It stops what it started unless ``keep`` is set.
+1. bring the embedded stack up (or reuse a running one) with two ClickHouse shards;
+2. create the schemas in a database of the demo's own (``reindex_demo`` on the Postgres server,
+   ``reindex_demo`` on the shards) and seed synthetic scorecards;
+3. start two consumer workers (separate ``reindex consume`` processes) and run one job through
+   the producer, showing published and written counts per shard as they grow;
+4. wait until the job is fully written, stop the workers, verify the result against Postgres;
+5. report time, throughput, rows per shard and the verification; stop what it started (unless
+   ``keep``). It succeeds only when verification passed.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
-from reindex_common.clickhouse import init_target_schema
+from producer.job import JobOptions, run_job
+from reindex.status import JobStatus, job_status
+from reindex.verify import verify
+from reindex_common.clickhouse import init_target_schema, shard_client
 from reindex_common.devstack import stack
+from reindex_common.errors import ReindexError
+from reindex_common.jobs import JobCheckpoint
+from reindex_common.messages import ReindexRequest
 from reindex_common.pg import connect, init_source_schema
 from reindex_common.seed import SeedPlan, seed
 from reindex_common.settings import Settings
@@ -33,6 +53,7 @@ class DemoOptions:
     keep: bool = False
     kafka_port: int = 9092
     clickhouse_port: int = 8123
+    workers: int = 2
 
 
 def _demo_dsn(server_dsn: str) -> str:
@@ -47,12 +68,154 @@ def _demo_dsn(server_dsn: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{DEMO_DATABASE}", parts.query, ""))
 
 
-def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -> bool:
-    """Run the demo; True when every step succeeded."""
+def _rows_per_shard(settings: Settings) -> list[tuple[int, int]]:
+    """(scorecards, scores) per shard, read with FINAL."""
+    out = []
+    for shard in settings.shards:
+        with shard_client(shard, database=settings.clickhouse_database) as client:
+            cards = client.command("SELECT count() FROM scorecards FINAL")
+            scores = client.command("SELECT count() FROM scorecard_scores FINAL")
+        out.append((int(str(cards)), int(str(scores))))
+    return out
+
+
+def _fresh_target(settings: Settings) -> None:
+    """The demo's shard database, empty: each run shows a full job, not a repair."""
+    for shard in settings.shards:
+        with shard_client(shard) as client:
+            client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}`")
+    init_target_schema(settings.shards, settings.clickhouse_database)
+
+
+class _Workers:
+    """The demo's consumer workers: ``reindex consume`` processes with logs under the stack."""
+
+    def __init__(self, settings: Settings, count: int, logs: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REINDEX_")}
+        env |= settings.to_env()
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs = [logs / f"demo-worker-{i + 1}.log" for i in range(count)]
+        for i, log in enumerate(self.logs):
+            with log.open("wb") as out:
+                self.processes.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "reindex",
+                            "consume",
+                            "--worker-id",
+                            f"demo-worker-{i + 1}",
+                        ],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
+
+    def check(self) -> None:
+        for process, log in zip(self.processes, self.logs, strict=True):
+            if process.poll() is not None:
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+                raise ReindexError(f"a consumer worker exited: {' '.join(tail)} (log: {log})")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _progress_table(status: JobStatus | None, per_shard: list[int], elapsed: float) -> Table:
+    table = Table(title=f"reindex demo — {elapsed:.0f} s", title_justify="left")
+    table.add_column("")
+    table.add_column("scorecards", justify="right")
+    table.add_column("scores", justify="right")
+    table.add_column("rate /s", justify="right")
+    if status is not None:
+        cp = status.checkpoint
+        rate = cp.published_scorecards / elapsed if elapsed else 0.0
+        selected = f" of {cp.selected:,}" if cp.selected else ""
+        table.add_row(
+            "published",
+            f"{cp.published_scorecards:,}{selected}",
+            f"{cp.published_scores:,}",
+            f"{rate:,.0f}",
+        )
+        rate = status.written.scorecards / elapsed if elapsed else 0.0
+        table.add_row("written", f"{status.written.scorecards:,}", "", f"{rate:,.0f}")
+    for i, cards in enumerate(per_shard):
+        table.add_row(f"  written to shard {i}", f"{cards:,}", "", "")
+    return table
+
+
+def _run_job_and_watch(
+    settings: Settings, request: ReindexRequest, workers: _Workers, say: Callable[[str], None]
+) -> tuple[JobCheckpoint, float]:
+    """Run the producer in a thread; show progress until the job is fully written."""
     began = time.monotonic()
+    result: dict[str, JobCheckpoint | BaseException] = {}
+
+    def produce() -> None:
+        try:
+            result["checkpoint"] = run_job(settings, request, JobOptions(show_progress=False))
+        except BaseException as e:  # re-raised in the main thread
+            result["error"] = e
+
+    thread = threading.Thread(target=produce, name="producer", daemon=True)
+    thread.start()
+    console = Console(stderr=True)
+    status: JobStatus | None = None
+    last_plain = 0.0
+    with Live(console=console, auto_refresh=False, transient=False) as live:
+        while True:
+            time.sleep(0.5)
+            workers.check()
+            if "error" in result:
+                error = result["error"]
+                raise error if isinstance(error, BaseException) else RuntimeError(error)
+            try:
+                status = job_status(settings, request.job_id)
+            except ReindexError:
+                status = None  # the job's first checkpoint is not there yet
+            shards = status.written.per_shard if status else {}
+            per_shard = [shards.get(i, 0) for i in range(len(settings.shards))]
+            elapsed = time.monotonic() - began
+            if console.is_terminal:
+                live.update(_progress_table(status, per_shard, elapsed), refresh=True)
+            elif elapsed - last_plain >= 5:
+                last_plain = elapsed
+                published = status.checkpoint.published_scorecards if status else 0
+                written = status.written.scorecards if status else 0
+                say(
+                    f"  {elapsed:5.0f} s: published {published:,}, written {written:,}, "
+                    f"per shard {per_shard}"
+                )
+            if status is not None and status.complete and not thread.is_alive():
+                break
+    checkpoint = result["checkpoint"]
+    assert isinstance(checkpoint, JobCheckpoint)
+    return checkpoint, time.monotonic() - began
+
+
+def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -> bool:
+    """Run the demo; True when the job was written and verification passed."""
+    began = time.monotonic()
+    # The live view says what the job does; the components' INFO lines would scroll it away.
+    for name in ("reindex.producer", "reindex.progress", "reindex_common"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     already = stack.StackState.load(options.root.resolve())
     started_here = already is None or not stack.is_running(already.kafka)
-    say("1/3 starting the embedded stack (Kafka-protocol broker, ClickHouse shards)…")
+    say(
+        f"1/5 starting the embedded stack: Kafka-protocol broker, {options.shards} ClickHouse "
+        "shards…"
+    )
     state = stack.up(
         stack.StackConfig(
             root=options.root,
@@ -63,31 +226,68 @@ def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -
         ),
         say=say,
     )
+    workers: _Workers | None = None
     try:
         dsn = _demo_dsn(state.pg_dsn)
+        run_tag = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         settings = base.replace(
+            pg_dsn=dsn,
+            historic_pg_dsn=None,
             kafka_bootstrap=state.kafka_bootstrap,
             clickhouse_shards=",".join(state.shard_urls),
+            clickhouse_database=DEMO_DATABASE,
+            topic_prefix=f"demo-{run_tag}-",
         )
-        say("2/3 creating the source tables and the shard tables…")
-        init_source_schema(dsn, dsn)
-        init_target_schema(settings.shards, settings.clickhouse_database)
-        say(f"3/3 seeding {options.scorecards:,} synthetic scorecards (seed {options.seed})…")
-        result = seed(dsn, dsn, SeedPlan(options.scorecards, options.seed))
-        with psycopg.connect(dsn) as conn:
-            row = conn.execute(
-                "SELECT (SELECT count(*) FROM director.scorecards),"
-                " (SELECT count(*) FROM historic.scorecard_scores)"
-            ).fetchone()
-        assert row is not None
         say(
-            f"source: {row[0]:,} scorecards, {row[1]:,} scores in {DEMO_DATABASE} "
-            f"({result.scorecards:,} new); created_at in [{result.start:%Y-%m-%d}, "
-            f"{result.end:%Y-%m-%d})"
+            "2/5 creating the schemas and seeding "
+            f"{options.scorecards:,} synthetic scorecards (seed {options.seed})…"
         )
-        say(f"done in {time.monotonic() - began:.1f} s")
-        return True
+        init_source_schema(dsn, dsn)
+        _fresh_target(settings)
+        plan = SeedPlan(options.scorecards, options.seed)
+        seed(dsn, dsn, plan)
+
+        say(f"3/5 starting {options.workers} consumer workers and running the job…")
+        workers = _Workers(settings, options.workers, Path(state.root) / "logs")
+        request = ReindexRequest(
+            job_id=f"demo-{run_tag}",
+            start=plan.start,
+            end=plan.end,
+            scorecard_types=("PROCESS", "CONVERSATION"),
+            batch_size=settings.batch_size,
+            clean_up=True,
+        )
+        checkpoint, job_seconds = _run_job_and_watch(settings, request, workers, say)
+        workers.stop()
+        workers = None
+
+        say("4/5 verifying the shards against Postgres…")
+        report = verify(settings, request.start, request.end, request.scorecard_types)
+        say(report.describe())
+
+        say("5/5 report")
+        cards, scores = checkpoint.published_scorecards, checkpoint.published_scores
+        say(f"  job            {request.job_id} ({', '.join(request.scorecard_types)}, clean-up)")
+        say(f"  published      {cards:,} scorecards with {scores:,} scores")
+        say(f"  job time       {job_seconds:.1f} s, from the first query to fully written")
+        say(
+            f"  throughput     {cards / job_seconds:,.0f} scorecards/s, "
+            f"{scores / job_seconds:,.0f} score rows/s"
+        )
+        for i, (c, s) in enumerate(_rows_per_shard(settings)):
+            say(f"  shard {i}        {c:,} scorecards, {s:,} scores ({state.shard_urls[i]})")
+        say(f"  verification   {'passed' if report.ok else 'FAILED'}")
+        say(f"  total time     {time.monotonic() - began:.1f} s")
+        if options.keep:
+            say(
+                f'look at the data: eval "$(reindex devstack env)"; then e.g. '
+                f"curl '{state.shard_urls[0]}/?database={DEMO_DATABASE}' "
+                "--data 'SELECT count() FROM scorecards FINAL'"
+            )
+        return report.ok
     finally:
+        if workers is not None:
+            workers.stop()
         if options.keep or not started_here:
             say(
                 'the stack keeps running: eval "$(reindex devstack env)"; '
