@@ -222,7 +222,27 @@ def devstack_env() -> None:
 @click.option("--restart", is_flag=True, help="Run the job again from the start, even if done.")
 @click.option("--dry-run", is_flag=True, help="Count what would be published; publish nothing.")
 @click.option("--max-rate", type=float, help="At most this many scorecards per second.")
-def produce(restart: bool, dry_run: bool, max_rate: float | None, **job: Any) -> None:
+@click.option(
+    "--verify",
+    "verify_after",
+    is_flag=True,
+    help="Then wait until the consumers wrote the job, and verify its range against Postgres.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="With --verify: how long to wait for the consumers.",
+)
+def produce(
+    restart: bool,
+    dry_run: bool,
+    max_rate: float | None,
+    verify_after: bool,
+    timeout: float,
+    **job: Any,
+) -> None:
     """Run one job now: page Postgres and publish; rerun with the same --job-id to resume."""
     from producer.job import JobOptions, run_and_report  # noqa: PLC0415
 
@@ -231,6 +251,19 @@ def produce(restart: bool, dry_run: bool, max_rate: float | None, **job: Any) ->
     _check_max_rate(max_rate)
     log.info("settings: %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
     click.echo(run_and_report(settings, request, JobOptions(restart, dry_run, max_rate)))
+    if verify_after and not dry_run:
+        _wait_and_verify(settings, request.job_id, timeout)
+
+
+def _wait_and_verify(settings: Settings, job_id: str, timeout: float) -> None:
+    from reindex.status import wait_for_job  # noqa: PLC0415
+
+    report = wait_for_job(settings, job_id, timeout, say=click.echo)
+    if not report.complete:
+        raise ReindexError(f"job {job_id} not fully written after {timeout:.0f} s")
+    req = report.checkpoint.request
+    if not _run_verify(settings, req.start, req.end, req.scorecard_types, "day"):
+        raise ReindexError("verification failed: reindex the buckets listed above")
 
 
 def _check_max_rate(max_rate: float | None) -> None:
@@ -394,11 +427,27 @@ def verify(start: str, end: str, types: str | None, mode: str | None, bucket: st
     help="Number of ClickHouse shards.",
 )
 @click.option("--keep", is_flag=True, help="Leave the stack running, with the data, afterwards.")
-def demo(scorecards: int, seed_value: int, shards: int, keep: bool) -> None:
+@click.option("--kafka-port", default=9092, show_default=True, help="Broker port of the stack.")
+@click.option(
+    "--clickhouse-port",
+    default=8123,
+    show_default=True,
+    help="HTTP port of shard 0; shard i listens on this port + i.",
+)
+def demo(
+    scorecards: int,
+    seed_value: int,
+    shards: int,
+    keep: bool,
+    kafka_port: int,
+    clickhouse_port: int,
+) -> None:
     """The main job on the embedded default: stack, schemas, data, job, verification, report."""
     from reindex.demo import DemoOptions, run_demo  # noqa: PLC0415
 
-    options = DemoOptions(_devstack_dir(), scorecards, seed_value, shards, keep)
+    options = DemoOptions(
+        _devstack_dir(), scorecards, seed_value, shards, keep, kafka_port, clickhouse_port
+    )
     if not run_demo(options, _settings(), say=click.echo):
         raise ReindexError("the demo failed (see above)")
 

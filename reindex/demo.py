@@ -57,13 +57,13 @@ class DemoOptions:
 
 
 def _demo_dsn(server_dsn: str) -> str:
-    """The DSN of the demo's own database on the server ``server_dsn`` points at (created)."""
+    """The DSN of the demo's own database on the server ``server_dsn`` points at, new and empty.
+
+    Only this database, which the demo owns, is dropped: each run seeds exactly what it reports.
+    """
     with connect(server_dsn, autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)
-        ).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"'.encode())
+        conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)'.encode())
+        conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"'.encode())
     parts = urlsplit(server_dsn)
     return urlunsplit((parts.scheme, parts.netloc, f"/{DEMO_DATABASE}", parts.query, ""))
 
