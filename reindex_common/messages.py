@@ -33,6 +33,8 @@ def as_utc(value: datetime) -> datetime:
     """A time without a zone is UTC (SPEC §5); every other time is converted to UTC."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
+    if value.tzinfo is UTC:
+        return value
     return value.astimezone(UTC)
 
 

@@ -242,8 +242,13 @@ def seed(director_dsn: str, historic_dsn: str, plan: SeedPlan) -> SeedResult:
                 list(templates),
             )
             new_cards = _copy_then_merge(cur, "director.scorecards", SCORECARD_COLUMNS, cards)
+            # Fresh statistics, as autovacuum would give them: without, the planner sorts the
+            # whole selection for every page instead of walking the created_at index.
+            cur.execute("ANALYZE director.scorecard_template_revisions")
+            cur.execute("ANALYZE director.scorecards")
         with connect(historic_dsn) as conn, conn.cursor() as cur:
             new_scores = _copy_then_merge(cur, "historic.scorecard_scores", SCORE_COLUMNS, scores)
+            cur.execute("ANALYZE historic.scorecard_scores")
     except psycopg.Error as e:
         raise SourceUnavailableError(f"cannot seed the source tables: {first_line(e)}") from e
     return SeedResult(new_cards, new_scores, new_templates, plan.start, plan.end)

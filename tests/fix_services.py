@@ -110,21 +110,7 @@ def _embedded(root: Path, pg_dsn: str) -> Iterator[Services]:
 
 
 def free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive free ports."""
-    for _ in range(50):
-        first = stack.free_port()
-        if all(_port_free(first + i) for i in range(1, count)):
-            return first
-    raise RuntimeError("no run of free ports")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((stack.HOST, port))
-        except OSError:
-            return False
-        return True
+    return stack.free_port_run(count)
 
 
 @pytest.fixture(scope="session")

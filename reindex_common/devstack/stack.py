@@ -175,6 +175,24 @@ def free_port(host: str = HOST) -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_run(count: int, host: str = HOST) -> int:
+    """The first of ``count`` consecutive free ports (for a stack's shards)."""
+    for _ in range(50):
+        first = free_port(host)
+        if all(_port_free(host, first + i) for i in range(1, count)):
+            return first
+    raise DevStackError(f"found no {count} consecutive free ports")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def _port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)

@@ -1,0 +1,1 @@
+"""Benchmarks of the reindexer: run ``python -m bench --help``."""

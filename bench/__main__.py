@@ -1,0 +1,360 @@
+"""Benchmark the reindexer against the original design and the engine's own copy.
+
+    python -m bench [--scorecards 50000] [--mean-scores 10] [--runs baseline,producer,...]
+
+It starts its own embedded stack (free ports, ``.devstack-bench/``), seeds one dataset into the
+Postgres database ``reindex_bench``, and measures, on that data and that stack, one after the
+other: the original design's algorithm (``baseline``), the producer alone (``producer``), one
+consumer worker draining the topic the producer filled (``consumers1``), the whole pipeline with
+one and with two workers (``pipeline1``, ``pipeline2``), and ClickHouse copying straight from
+Postgres (``engine``). Each run writes into a fresh ClickHouse database. It prints scorecards/s,
+score rows/s and each process's peak memory, then the ratios the targets are stated in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+from bench.baseline import run_baseline
+from bench.engine import run_engine_copy
+from reindex.status import job_status
+from reindex_common.clickhouse import init_target_schema, shard_client
+from reindex_common.devstack import stack
+from reindex_common.errors import ReindexError
+from reindex_common.pg import init_source_schema
+from reindex_common.seed import SeedPlan, seed
+from reindex_common.settings import Settings, load_settings
+
+TYPES = ["PROCESS", "CONVERSATION"]
+RUNS = ("baseline", "producer", "consumers1", "pipeline1", "pipeline2", "engine")
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float
+    scorecards: int
+    scores: int
+    peak_mb: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def cards_per_s(self) -> float:
+        return self.scorecards / self.seconds
+
+    @property
+    def scores_per_s(self) -> float:
+        return self.scores / self.seconds
+
+
+def _peak_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class Proc:
+    """A ``reindex`` subprocess whose peak memory is sampled while it runs."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+        self.name = name
+        self.log = logs / f"{name}.log"
+        with self.log.open("wb") as out:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "reindex", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.peak = 0.0
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while self.popen.poll() is None:
+            self.peak = max(self.peak, _peak_mb(self.popen.pid))
+            time.sleep(0.2)
+
+    def wait(self, timeout: float = 3600) -> int:
+        code = self.popen.wait(timeout)
+        self._sampler.join()
+        return code
+
+    def stop(self) -> None:
+        self.peak = max(self.peak, _peak_mb(self.popen.pid))
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(60)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+        self._sampler.join()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Bench:
+    def __init__(
+        self, base: Settings, logs: Path, scorecards: int, start: datetime, end: datetime
+    ) -> None:
+        self.base = base
+        self.logs = logs
+        self.scorecards = scorecards
+        self.start, self.end = start, end
+        self.counter = 0
+
+    def fresh(self, name: str) -> Settings:
+        """Settings with a fresh ClickHouse database and topic prefix for one run."""
+        self.counter += 1
+        database = f"bench_{name}"
+        for shard in self.base.shards:
+            with shard_client(shard) as client:
+                client.command(f"DROP DATABASE IF EXISTS `{database}`")
+        init_target_schema(self.base.shards, database)
+        return self.base.replace(
+            clickhouse_database=database, topic_prefix=f"bench{self.counter}-{os.getpid()}-"
+        )
+
+    def env(self, settings: Settings) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REINDEX_")}
+        return env | settings.to_env()
+
+    def produce_args(self, job_id: str) -> list[str]:
+        return [
+            "produce",
+            "--start",
+            self.start.isoformat(),
+            "--end",
+            self.end.isoformat(),
+            "--mode",
+            "all",
+            "--job-id",
+            job_id,
+        ]
+
+    def wait_complete(self, settings: Settings, job_id: str, procs: list[Proc]) -> None:
+        while True:
+            for p in procs:
+                if p.popen.poll() is not None and p.popen.returncode != 0:
+                    raise ReindexError(f"{p.name} exited: {p.output()[-500:]}")
+            try:
+                if job_status(settings, job_id).complete:
+                    return
+            except ReindexError:
+                pass
+            time.sleep(0.5)
+
+    def start_workers(self, settings: Settings, count: int, tag: str) -> list[Proc]:
+        workers = [
+            Proc(
+                f"{tag}-worker{i + 1}",
+                ["consume", "--worker-id", f"{tag}-w{i + 1}"],
+                self.env(settings),
+                self.logs,
+            )
+            for i in range(count)
+        ]
+        deadline = time.monotonic() + 120
+        while not all("assigned partitions" in w.output() for w in workers):
+            if time.monotonic() > deadline:
+                raise ReindexError(f"workers did not join: {workers[0].output()[-500:]}")
+            time.sleep(0.2)
+        return workers
+
+    def expected(self) -> tuple[int, int]:
+        with psycopg.connect(self.base.director_dsn) as conn:
+            row = conn.execute(
+                "SELECT count(DISTINCT s.scorecard_id || s.customer_id), count(h.criterion_id) "
+                "FROM director.scorecards s LEFT JOIN historic.scorecard_scores h "
+                "USING (customer_id, profile_id, scorecard_id) "
+                "WHERE s.created_at >= %s AND s.created_at < %s",
+                (self.start, self.end),
+            ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    # --- the runs ------------------------------------------------------------------------------
+
+    def baseline(self) -> Result:
+        settings = self.fresh("baseline")
+        began = time.monotonic()
+        cards, scores = run_baseline(settings, self.start, self.end, TYPES)
+        return Result(
+            "baseline (original design)",
+            time.monotonic() - began,
+            cards,
+            scores,
+            {"baseline": _peak_mb(os.getpid())},
+        )
+
+    def producer(self) -> Result:
+        settings = self.fresh("producer")
+        self._producer_settings = settings
+        cards, scores = self.expected()
+        began = time.monotonic()
+        p = Proc("producer", self.produce_args("bench-producer"), self.env(settings), self.logs)
+        if p.wait() != 0:
+            raise ReindexError(f"producer failed: {p.output()[-500:]}")
+        return Result(
+            "producer alone", time.monotonic() - began, cards, scores, {"producer": p.peak}
+        )
+
+    def consumers(self, count: int) -> Result:
+        settings = getattr(self, "_producer_settings", None)
+        if settings is None:
+            self.producer()
+            settings = self._producer_settings
+        cards, scores = self.expected()
+        began = time.monotonic()
+        workers = self.start_workers(settings, count, f"drain{count}")
+        joined = time.monotonic() - began
+        self.wait_complete(settings, "bench-producer", workers)
+        seconds = time.monotonic() - began - joined
+        for w in workers:
+            w.stop()
+        return Result(
+            f"{count} consumer(s) draining a filled topic",
+            seconds,
+            cards,
+            scores,
+            {w.name: w.peak for w in workers},
+            note=f"after a group join of {joined:.1f} s",
+        )
+
+    def pipeline(self, count: int) -> Result:
+        settings = self.fresh(f"pipeline{count}")
+        cards, scores = self.expected()
+        workers = self.start_workers(settings, count, f"pipe{count}")
+        began = time.monotonic()
+        job = f"bench-pipeline{count}"
+        p = Proc(f"pipe{count}-producer", self.produce_args(job), self.env(settings), self.logs)
+        self.wait_complete(settings, job, [p, *workers])
+        seconds = time.monotonic() - began
+        p.wait()
+        for w in workers:
+            w.stop()
+        peaks = {p.name: p.peak} | {w.name: w.peak for w in workers}
+        return Result(f"pipeline, {count} worker(s)", seconds, cards, scores, peaks)
+
+    def engine(self) -> Result:
+        settings = self.fresh("engine")
+        cards, scores = self.expected()
+        began = time.monotonic()
+        run_engine_copy(settings, self.start, self.end, TYPES)
+        return Result("engine limit (chdb reads Postgres)", time.monotonic() - began, cards, scores)
+
+
+def _report(results: dict[str, Result], say: Callable[[str], None]) -> None:
+    say("")
+    say("| run | seconds | scorecards/s | score rows/s | peak memory (MB) |")
+    say("|---|---:|---:|---:|---|")
+    for r in results.values():
+        peaks = ", ".join(f"{k} {v:.0f}" for k, v in r.peak_mb.items()) or "(in the shards)"
+        note = f" ({r.note})" if r.note else ""
+        say(
+            f"| {r.name}{note} | {r.seconds:.1f} | {r.cards_per_s:,.0f} | "
+            f"{r.scores_per_s:,.0f} | {peaks} |"
+        )
+    base, limit = results.get("baseline"), results.get("engine")
+    for key in ("pipeline1", "pipeline2"):
+        run = results.get(key)
+        if run is None:
+            continue
+        if base:
+            say(f"{run.name} / baseline: {run.cards_per_s / base.cards_per_s:.1f}x")
+        if limit:
+            say(f"{run.name} / engine limit: {100 * run.cards_per_s / limit.cards_per_s:.1f}%")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--scorecards", type=int, default=50_000)
+    parser.add_argument("--mean-scores", type=int, default=10)
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated: {RUNS}")
+    parser.add_argument("--keep", action="store_true", help="leave the stack running")
+    args = parser.parse_args()
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+
+    root = Path(".devstack-bench")
+    base = load_settings()
+    say = print
+    state = stack.up(
+        stack.StackConfig(
+            root=root,
+            shards=2,
+            kafka_port=stack.free_port(),
+            clickhouse_port=stack.free_port_run(2),
+            pg_dsn=base.director_dsn,
+        )
+    )
+    logs = root / "bench-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        with psycopg.connect(state.pg_dsn, autocommit=True) as conn:
+            conn.execute('DROP DATABASE IF EXISTS "reindex_bench" WITH (FORCE)')
+            conn.execute('CREATE DATABASE "reindex_bench"')
+        dsn = state.pg_dsn.rsplit("/", 1)[0] + "/reindex_bench"
+        settings = base.replace(
+            pg_dsn=dsn,
+            historic_pg_dsn=None,
+            kafka_bootstrap=state.kafka_bootstrap,
+            clickhouse_shards=",".join(state.shard_urls),
+        )
+        init_source_schema(dsn, dsn)
+        plan = SeedPlan(args.scorecards, seed=7, mean_scores=args.mean_scores)
+        began = time.monotonic()
+        seed(dsn, dsn, plan)
+        bench = Bench(settings, logs, args.scorecards, plan.start, plan.end)
+        cards, scores = bench.expected()
+        say(
+            f"dataset: {cards:,} scorecards, {scores:,} scores "
+            f"(seeded in {time.monotonic() - began:.1f} s); {os.cpu_count()} cores"
+        )
+        results: dict[str, Result] = {}
+        steps: dict[str, Callable[[], Result]] = {
+            "baseline": bench.baseline,
+            "producer": bench.producer,
+            "consumers1": lambda: bench.consumers(1),
+            "pipeline1": lambda: bench.pipeline(1),
+            "pipeline2": lambda: bench.pipeline(2),
+            "engine": bench.engine,
+        }
+        for name in runs:
+            if name not in steps:
+                parser.error(f"unknown run {name!r}")
+            result = steps[name]()
+            results[name] = result
+            say(
+                f"{result.name}: {result.seconds:.1f} s, {result.cards_per_s:,.0f} scorecards/s, "
+                f"{result.scores_per_s:,.0f} score rows/s"
+            )
+        _report(results, say)
+        say(
+            f"\ncommand: python -m bench --scorecards {args.scorecards} --runs {','.join(runs)}"
+            f"  ({datetime.now(UTC):%Y-%m-%d})"
+        )
+    finally:
+        if not args.keep:
+            stack.down(root)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
