@@ -82,48 +82,52 @@ def parse(raw: RawMessage) -> ScorecardMessage | Rejected:
         return Rejected(raw, f"invalid scorecard message: {describe_validation_error(e)}")
 
 
-def _add(batch: ShardBatch, msg: ScorecardMessage) -> None:
-    card = msg.scorecard
-    values: tuple[object, ...] = (
-        card.customer_id,
-        card.profile_id,
-        card.scorecard_id,
-        card.template_id,
-        card.template_revision,
-        card.scorecard_type,
-        card.template_title,
-        card.conversation_id,
-        card.agent_user_id,
-        card.creator_user_id,
-        card.score,
-        card.submitted_at,
-        card.created_at,
-        card.updated_at,
-        msg.job_id,
-        msg.reindexed_at,
-    )
-    for column, value in zip(batch.scorecards, values, strict=True):
-        column.append(value)
-    is_process = 1 if card.scorecard_type == "PROCESS" else 0
-    cols = batch.scores
-    for score in msg.scores:
-        cols[0].append(card.customer_id)
-        cols[1].append(card.profile_id)
-        cols[2].append(card.scorecard_id)
-        cols[3].append(score.criterion_id)
-        cols[4].append(card.scorecard_type)
-        cols[5].append(is_process)
-        cols[6].append(card.conversation_id)
-        cols[7].append(card.agent_user_id)
-        cols[8].append(score.numeric_value)
-        cols[9].append(1 if score.not_applicable else 0)
-        cols[10].append(score.comment)
-        cols[11].append(score.created_at)
-        cols[12].append(score.updated_at)
-        cols[13].append(msg.job_id)
-        cols[14].append(msg.reindexed_at)
-    if msg.clean_up:
-        batch.clean_up_keys.append((card.customer_id, card.profile_id, card.scorecard_id))
+def _columns(shard: int, messages: list[ScorecardMessage]) -> ShardBatch:
+    """One shard's columns, built a column at a time (far fewer bytecodes than row by row)."""
+    cards = [m.scorecard for m in messages]
+    batch = ShardBatch(shard)
+    batch.scorecards = [
+        [c.customer_id for c in cards],
+        [c.profile_id for c in cards],
+        [c.scorecard_id for c in cards],
+        [c.template_id for c in cards],
+        [c.template_revision for c in cards],
+        [c.scorecard_type for c in cards],
+        [c.template_title for c in cards],
+        [c.conversation_id for c in cards],
+        [c.agent_user_id for c in cards],
+        [c.creator_user_id for c in cards],
+        [c.score for c in cards],
+        [c.submitted_at for c in cards],
+        [c.created_at for c in cards],
+        [c.updated_at for c in cards],
+        [m.job_id for m in messages],
+        [m.reindexed_at for m in messages],
+    ]
+    pairs = [(m, s) for m in messages for s in m.scores]
+    batch.scores = [
+        [m.scorecard.customer_id for m, _ in pairs],
+        [m.scorecard.profile_id for m, _ in pairs],
+        [m.scorecard.scorecard_id for m, _ in pairs],
+        [s.criterion_id for _, s in pairs],
+        [m.scorecard.scorecard_type for m, _ in pairs],
+        [1 if m.scorecard.scorecard_type == "PROCESS" else 0 for m, _ in pairs],
+        [m.scorecard.conversation_id for m, _ in pairs],
+        [m.scorecard.agent_user_id for m, _ in pairs],
+        [s.numeric_value for _, s in pairs],
+        [1 if s.not_applicable else 0 for _, s in pairs],
+        [s.comment for _, s in pairs],
+        [s.created_at for _, s in pairs],
+        [s.updated_at for _, s in pairs],
+        [m.job_id for m, _ in pairs],
+        [m.reindexed_at for m, _ in pairs],
+    ]
+    batch.clean_up_keys = [
+        (m.scorecard.customer_id, m.scorecard.profile_id, m.scorecard.scorecard_id)
+        for m in messages
+        if m.clean_up
+    ]
+    return batch
 
 
 def build(raws: Iterable[RawMessage], shard_count: int) -> ParsedBatch:
@@ -143,18 +147,16 @@ def build(raws: Iterable[RawMessage], shard_count: int) -> ParsedBatch:
         # A superseded copy counts as handled: its scorecard is written (as the later copy).
         job_offsets[parsed.job_id][raw.partition].append(raw.offset)
 
-    shards: dict[int, ShardBatch] = {}
+    routed: dict[int, list[ScorecardMessage]] = defaultdict(list)
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     per_shard: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for (customer_id, _, _), msg in latest.items():
         shard = shard_for(customer_id, shard_count)
-        batch = shards.get(shard)
-        if batch is None:
-            batch = shards[shard] = ShardBatch(shard)
-        _add(batch, msg)
+        routed[shard].append(msg)
         counts[msg.job_id][0] += 1
         counts[msg.job_id][1] += len(msg.scores)
         per_shard[msg.job_id][shard] += 1
+    shards = {shard: _columns(shard, msgs) for shard, msgs in routed.items()}
     return ParsedBatch(
         shards=shards,
         rejected=rejected,

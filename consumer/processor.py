@@ -30,6 +30,8 @@ class BatchReport:
     messages: int
     parsed: ParsedBatch
     seconds: float
+    parse_seconds: float
+    write_seconds: float
 
     def line(self) -> str:
         shards = ", ".join(
@@ -40,7 +42,8 @@ class BatchReport:
         extra = f"; {len(self.parsed.rejected)} to the DLQ" if self.parsed.rejected else ""
         return (
             f"batch {self.number}: {self.messages:,} messages -> {shards or 'nothing to write'}"
-            f" in {self.seconds * 1000:.0f} ms{extra}"
+            f" in {self.seconds * 1000:.0f} ms (parse {self.parse_seconds * 1000:.0f}, "
+            f"write {self.write_seconds * 1000:.0f}){extra}"
         )
 
 
@@ -69,6 +72,7 @@ class BatchProcessor:
         began = time.monotonic()
         self.batch_number += 1
         parsed = build(raws, len(self.settings.shards))
+        parsed_at = time.monotonic()
         deadline = began + self.settings.write_retry_deadline
 
         for rejected in parsed.rejected:
@@ -93,6 +97,7 @@ class BatchProcessor:
         ]
         for future in futures:
             future.result()  # re-raises the first shard's failure
+        written_at = time.monotonic()
 
         for job_id, offsets in parsed.job_offsets.items():
             scorecards, scores = parsed.job_counts.get(job_id, (0, 0))
@@ -113,4 +118,11 @@ class BatchProcessor:
         self.metrics.batch_done(
             parsed.scorecard_count, parsed.score_count, len(parsed.rejected), seconds
         )
-        return BatchReport(self.batch_number, len(raws), parsed, seconds)
+        return BatchReport(
+            self.batch_number,
+            len(raws),
+            parsed,
+            seconds,
+            parse_seconds=parsed_at - began,
+            write_seconds=written_at - parsed_at,
+        )

@@ -1,7 +1,7 @@
 """Turning Postgres rows into scorecard messages (SPEC §4).
 
 The rows come from our own queries with known types, so they are not validated again here: plain
-dicts go straight to pydantic's Rust JSON serializer (about 4x faster than building the models).
+dicts go straight to orjson (several times faster than building and dumping the models).
 The consumer validates every message it receives against :class:`ScorecardMessage`, and
 ``tests/unit/test_producer_units.py`` checks that both describe the same message. Non-finite
 floats are written as the JSON constants ``NaN`` and ``Infinity``, which the consumer reads back.
@@ -9,15 +9,23 @@ floats are written as the JSON constants ``NaN`` and ``Infinity``, which the con
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
+import orjson
 from pydantic import ConfigDict, TypeAdapter
 
 from producer.source import Page, ScorecardRow, ScoreRow
 from reindex_common.messages import SCHEMA_VERSION
 
-_JSON = TypeAdapter(Any, config=ConfigDict(ser_json_inf_nan="constants"))
+# orjson writes NaN and ±Infinity as null: messages holding one go through pydantic's
+# serializer instead, which writes the JSON constants the consumer reads back.
+_EXACT_JSON = TypeAdapter(Any, config=ConfigDict(ser_json_inf_nan="constants"))
+
+
+def _finite(value: float | None) -> bool:
+    return value is None or math.isfinite(value)
 
 
 def _record(row: ScorecardRow) -> dict[str, Any]:
@@ -56,14 +64,18 @@ def page_messages(
     """(key, value) of every scorecard of ``page``, in page order (the SPEC §4 message)."""
     out = []
     for row in page.scorecards:
+        score_rows = page.scores.get((row[0], row[1], row[2]), ())
         message = {
             "schema_version": SCHEMA_VERSION,
             "job_id": job_id,
             "clean_up": clean_up,
             "reindexed_at": reindexed_at,
             "scorecard": _record(row),
-            "scores": [_score(s) for s in page.scores.get((row[0], row[1], row[2]), ())],
+            "scores": [_score(s) for s in score_rows],
         }
         key = f"{row[0]}\x1f{row[1]}\x1f{row[2]}".encode()  # = ScorecardMessage.key()
-        out.append((key, _JSON.dump_json(message)))
+        if _finite(row[10]) and all(_finite(s[4]) for s in score_rows):
+            out.append((key, orjson.dumps(message, option=orjson.OPT_UTC_Z)))
+        else:
+            out.append((key, _EXACT_JSON.dump_json(message)))
     return out

@@ -2,26 +2,30 @@
 
 For each page, in order:
 
-1. read up to ``batch_size`` scorecards after the job's cursor, and all their scores in one query;
+1. read up to ``batch_size`` scorecards after the job's cursor, and all their scores in one query
+   (a reader thread fetches the next page while this one is published);
 2. publish one message per scorecard to the scorecards topic (key: the scorecard, so that all
    messages of one scorecard land on one partition);
-3. wait until the broker has acknowledged every message of the page (``acks=all``);
-4. record the checkpoint (cursor, counts, highest offset per partition) in the jobs topic.
+3. once the broker has acknowledged every message of the page (``acks=all``) — and of every page
+   before it — record the page's checkpoint (cursor, counts, highest offset per partition) in the
+   jobs topic. At most ``MAX_PAGES_IN_FLIGHT`` pages wait for their acknowledgements.
 
-A crash between 2 and 4 republishes at most one page on resume; the consumer's writes are
-idempotent, so that costs time, not correctness.
+A crash republishes on resume the pages after the last recorded checkpoint — at most
+``MAX_PAGES_IN_FLIGHT`` + 1 of them; the consumer's writes are idempotent, so that costs time,
+not correctness.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from producer.encode import page_messages
-from producer.source import ScorecardSource, Selection
+from producer.source import Page, ScorecardSource, Selection, prefetched
 from reindex_common.errors import BadInputError, ReindexError
 from reindex_common.jobs import JobCheckpoint, read_checkpoint, write_checkpoint
 from reindex_common.kafka import ReliableProducer, TopicSpec, ensure_topics
@@ -30,6 +34,9 @@ from reindex_common.progress import ProgressView
 from reindex_common.settings import Settings
 
 log = logging.getLogger("reindex.producer")
+
+# Pages published but not yet acknowledged, at most: bounds what a crash republishes.
+MAX_PAGES_IN_FLIGHT = 4
 
 
 class JobInterrupted(ReindexError):
@@ -172,11 +179,11 @@ class _JobRun:
                 f"{previous.published_scorecards:,}",
             )
 
-    def _record(self, **changes: object) -> None:
+    def _record(self, *, wait: bool = True, **changes: object) -> None:
         self.checkpoint = self.checkpoint.model_copy(
             update={**changes, "updated_at": datetime.now(UTC)}
         )
-        write_checkpoint(self.producer, self.settings, self.checkpoint)
+        write_checkpoint(self.producer, self.settings, self.checkpoint, wait=wait)
 
     def run(self) -> JobCheckpoint:
         request = self.request
@@ -208,31 +215,28 @@ class _JobRun:
         progress_view = ProgressView(
             f"publishing {request.job_id}", total, bar=self.options.show_progress
         )
+        in_flight: deque[tuple[int, Page]] = deque()
+        pages = source.pages(selection, self.checkpoint.cursor, request.batch_size)
         with progress_view as progress:
             progress.advance(0, start_at=self.checkpoint.published_scorecards)
-            for page in source.pages(selection, self.checkpoint.cursor, request.batch_size):
-                for key, value in page_messages(
-                    page,
-                    job_id=request.job_id,
-                    clean_up=request.clean_up,
-                    reindexed_at=self.checkpoint.started_at,  # same bytes if republished
-                ):
-                    self.producer.send(topic, value, key=key)
-                self.producer.flush()
-                offsets = dict(self.checkpoint.max_offsets)
-                for partition, offset in self.producer.offsets_of(topic).items():
-                    offsets[partition] = max(offset, offsets.get(partition, -1))
-                self._record(
-                    cursor=page.cursor,
-                    published_scorecards=self.checkpoint.published_scorecards
-                    + len(page.scorecards),
-                    published_scores=self.checkpoint.published_scores + page.score_count,
-                    pages=self.checkpoint.pages + 1,
-                    max_offsets=offsets,
-                )
-                progress.advance(len(page.scorecards))
-                limit.after(len(page.scorecards))
-                self._after_page()
+            try:
+                for number, page in enumerate(prefetched(pages), start=1):
+                    for key, value in page_messages(
+                        page,
+                        job_id=request.job_id,
+                        clean_up=request.clean_up,
+                        reindexed_at=self.checkpoint.started_at,  # same bytes if republished
+                    ):
+                        self.producer.send(topic, value, key=key, tag=number)
+                    in_flight.append((number, page))
+                    self._checkpoint_delivered(in_flight, MAX_PAGES_IN_FLIGHT)
+                    progress.advance(len(page.scorecards))
+                    limit.after(len(page.scorecards))
+                    self._after_page()
+            except JobInterrupted:
+                self._checkpoint_delivered(in_flight, 0)  # record what was published, then stop
+                raise
+            self._checkpoint_delivered(in_flight, 0)
         self._record(state="done", finished_at=datetime.now(UTC))
         log.info(
             "job %s done: %s scorecards and %s scores published in %.1f s",
@@ -241,6 +245,35 @@ class _JobRun:
             f"{self.checkpoint.published_scores:,}",
             time.monotonic() - began,
         )
+
+    def _checkpoint_delivered(self, in_flight: deque[tuple[int, Page]], keep: int) -> None:
+        """Record a checkpoint for every page, in order, whose messages were all delivered.
+
+        Waits until at most ``keep`` pages are still undelivered. The broker acknowledges while
+        the next pages are read and sent, instead of one round trip per page.
+        """
+        topic = self.settings.scorecards_topic
+        self.producer.poll(0)
+        while in_flight:
+            number, page = in_flight[0]
+            if self.producer.undelivered(number):
+                if len(in_flight) <= keep:
+                    return
+                self.producer.poll(0.01)
+                continue
+            in_flight.popleft()
+            self.producer.forget(number)
+            offsets = dict(self.checkpoint.max_offsets)
+            for partition, offset in self.producer.offsets_of(topic).items():
+                offsets[partition] = max(offset, offsets.get(partition, -1))
+            self._record(
+                wait=False,
+                cursor=page.cursor,
+                published_scorecards=self.checkpoint.published_scorecards + len(page.scorecards),
+                published_scores=self.checkpoint.published_scores + page.score_count,
+                pages=self.checkpoint.pages + 1,
+                max_offsets=offsets,
+            )
 
     def _after_page(self) -> None:
         if self.options.on_page is not None:

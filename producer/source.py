@@ -9,6 +9,8 @@ trip. Both connections read in UTC.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -168,3 +170,49 @@ class ScorecardSource:
         while (page := self.page(selection, after, size)) is not None:
             yield page
             after = page.cursor
+
+
+_END = object()
+
+
+def prefetched(pages: Iterator[Page], depth: int = 2) -> Iterator[Page]:
+    """``pages``, read ahead by a thread: Postgres works on the next page while this one is sent.
+
+    The thread is the only user of the source's connections while it runs; an error it meets is
+    raised here, in order; closing this generator stops it after its current query.
+    """
+    buffer: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for page in pages:
+                if not put(page):
+                    return
+            put(_END)
+        except BaseException as e:  # handed to the consumer of the generator
+            put(e)
+
+    reader = threading.Thread(target=read, name="page-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, Page)
+            yield item
+    finally:
+        stop.set()
+        reader.join()

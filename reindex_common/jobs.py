@@ -51,10 +51,17 @@ class JobCheckpoint(BaseModel):
     finished_at: UtcDatetime | None = None
 
 
-def write_checkpoint(producer: ReliableProducer, settings: Settings, cp: JobCheckpoint) -> None:
-    """Record ``cp`` durably (returns once the broker has acknowledged it)."""
+def write_checkpoint(
+    producer: ReliableProducer, settings: Settings, cp: JobCheckpoint, *, wait: bool = True
+) -> None:
+    """Record ``cp``; with ``wait``, return only once the broker has acknowledged it.
+
+    Without ``wait`` the checkpoint follows the producer's other messages; the jobs topic has one
+    partition and the producer is idempotent, so checkpoints land in the order they were sent.
+    """
     producer.send(settings.jobs_topic, cp.model_dump_json().encode(), key=cp.job_id.encode())
-    producer.flush()
+    if wait:
+        producer.flush()
 
 
 def read_checkpoints(settings: Settings, timeout_s: float = 30.0) -> dict[str, JobCheckpoint]:

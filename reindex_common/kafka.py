@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from confluent_kafka import (
@@ -114,12 +115,16 @@ class ReliableProducer:
         self.failures: list[str] = []
         # (topic, partition) -> highest offset delivered there, from the delivery reports
         self.max_offsets: dict[tuple[str, int], int] = {}
+        # tag -> messages sent with that tag and not delivered yet (see ``send(tag=...)``)
+        self._undelivered: dict[object, int] = {}
 
-    def _on_delivery(self, error: Any, message: Message) -> None:
+    def _on_delivery(self, error: Any, message: Message, tag: object = None) -> None:
         if error is not None:
             self.failures.append(str(error.str()))
             return
         self.delivered += 1
+        if tag is not None:
+            self._undelivered[tag] -= 1
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None:
             return
@@ -136,12 +141,20 @@ class ReliableProducer:
         value: bytes,
         key: bytes | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
+        tag: object = None,
     ) -> None:
-        """Queue one message; when librdkafka's queue is full, serve callbacks and retry."""
+        """Queue one message; when librdkafka's queue is full, serve callbacks and retry.
+
+        Messages sent with a ``tag`` are counted until delivered: :meth:`undelivered` tells when
+        all of a tag's messages (a page, say) have been acknowledged by the broker.
+        """
+        callback = self._on_delivery if tag is None else partial(self._on_delivery, tag=tag)
+        if tag is not None:
+            self._undelivered[tag] = self._undelivered.get(tag, 0) + 1
         while True:
             try:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
+                    topic, value=value, key=key, headers=headers, on_delivery=callback
                 )
                 break
             except BufferError:
@@ -149,6 +162,19 @@ class ReliableProducer:
             except KafkaException as e:
                 raise KafkaError(f"cannot produce to {topic}: {e.args[0].str()}") from e
         self._producer.poll(0)
+        if self.failures:
+            self._raise_failures()
+
+    def undelivered(self, tag: object) -> int:
+        """Messages sent with ``tag`` that the broker has not acknowledged yet."""
+        return self._undelivered.get(tag, 0)
+
+    def forget(self, tag: object) -> None:
+        self._undelivered.pop(tag, None)
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Serve delivery callbacks; raise :class:`KafkaError` if any message failed."""
+        self._producer.poll(timeout_s)
         if self.failures:
             self._raise_failures()
 

@@ -1,7 +1,9 @@
 """The messages of SPEC §4: pydantic models with a schema version, parsed once at the edge.
 
-Every model rejects unknown fields so that a typo in a hand-written request (``cleanup`` for
-``clean_up``) is reported instead of silently ignored. Floats keep ``NaN`` and ``±Infinity``
+Scorecard messages carry times with their zone (``AwareDatetime``: checked by pydantic's Rust
+core, with no Python callback per timestamp — a batch holds tens of thousands). Every model
+rejects unknown fields so that a typo in a hand-written request (``cleanup`` for ``clean_up``) is
+reported instead of silently ignored. Floats keep ``NaN`` and ``±Infinity``
 (Postgres ``double precision`` can hold them), written as the JSON constants that Python's and
 pydantic's parsers read back.
 """
@@ -15,6 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -89,8 +92,8 @@ class ScoreRecord(_Message):
     numeric_value: float | None
     not_applicable: bool
     comment: str | None
-    created_at: UtcDatetime
-    updated_at: UtcDatetime
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
 
 
 class ScorecardRecord(_Message):
@@ -107,9 +110,9 @@ class ScorecardRecord(_Message):
     agent_user_id: str | None
     creator_user_id: str | None
     score: float | None
-    submitted_at: UtcDatetime | None
-    created_at: UtcDatetime
-    updated_at: UtcDatetime
+    submitted_at: AwareDatetime | None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
 
 
 class ScorecardMessage(_Message):
@@ -118,7 +121,7 @@ class ScorecardMessage(_Message):
     schema_version: Literal[1] = SCHEMA_VERSION
     job_id: str
     clean_up: bool
-    reindexed_at: UtcDatetime
+    reindexed_at: AwareDatetime
     scorecard: ScorecardRecord
     scores: tuple[ScoreRecord, ...]
 
