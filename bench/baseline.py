@@ -15,19 +15,13 @@ import psycopg
 from reindex_common.clickhouse import connect_shard
 from reindex_common.routing import shard_for
 from reindex_common.schema import SCORE_COLUMNS, SCORECARD_COLUMNS
+from reindex_common.selection import SCORECARD_FIELDS, SELECTION
 from reindex_common.settings import Settings
 
-_PAGE = """
-SELECT s.customer_id, s.profile_id, s.scorecard_id, s.template_id, s.template_revision,
-       r.type, r.title, s.conversation_id, s.agent_user_id, s.creator_user_id, s.score,
-       s.submitted_at, s.created_at, s.updated_at
-FROM director.scorecards s
-JOIN director.scorecard_template_revisions r
-  ON r.customer_id = s.customer_id AND r.profile_id = s.profile_id
- AND r.template_id = s.template_id AND r.revision = s.template_revision
-WHERE s.created_at >= %s AND s.created_at < %s AND r.type = ANY(%s)
+_PAGE = f"""
+SELECT {SCORECARD_FIELDS} {SELECTION}
 ORDER BY s.created_at
-LIMIT %s OFFSET %s
+LIMIT %(limit)s OFFSET %(offset)s
 """
 
 _SCORES = """
@@ -59,7 +53,10 @@ def run_baseline(
             historic.execute("SET TimeZone = 'UTC'")
             offset = 0
             while True:
-                page = director.execute(_PAGE, (start, end, types, page_size, offset)).fetchall()
+                params = {"start": start, "end": end, "types": types}
+                page = director.execute(
+                    _PAGE, params | {"limit": page_size, "offset": offset}
+                ).fetchall()
                 if not page:
                     break
                 offset += len(page)

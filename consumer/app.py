@@ -3,17 +3,19 @@
 The commit order, for every batch (``stream.noack_take`` never acks by itself):
 
 1. take up to ``consumer_batch_size`` messages, waiting at most ``consumer_batch_wait`` seconds;
-2. in a thread: validate each message (invalid ones go to the DLQ), group by shard, and per shard
-   run DELETE (clean-up), INSERT scorecards, INSERT scores, each retried until it succeeds or the
-   retry deadline passes; then publish what was written per job and flush the DLQ and those
-   records;
-3. only then ack the batch's events; Faust commits acked offsets every
+2. in a thread, validate each message and group by shard — while the previous batch is still
+   being written;
+3. in another thread, one batch at a time and in the order taken: send invalid messages to the
+   DLQ, and per shard run DELETE (clean-up), INSERT scorecards, INSERT scores, each retried until
+   it succeeds or the retry deadline passes; then publish what was written per job and flush the
+   DLQ and those records;
+4. only then ack the batch's events; Faust commits acked offsets every
    ``consumer_commit_interval`` seconds, on rebalance, and on shutdown.
 
-If step 2 fails for good, nothing is acked and the worker stops with an error: the batch's offsets
-are never committed and the group redelivers it. (``stream.take`` would be wrong here: it acks its
-batch in a ``finally``, even when the body raised — see NOTES.md.) SIGTERM and SIGINT let the
-current batch finish, commit it, and then leave the group.
+If step 3 fails for good, nothing more is acked and the worker stops with an error: the batch's
+offsets are never committed and the group redelivers it. (``stream.take`` would be wrong here: it
+acks its batch in a ``finally``, even when the body raised — see NOTES.md.) SIGTERM and SIGINT let
+the batches already taken finish, commit them, and then leave the group.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import logging
 import signal
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +32,7 @@ import faust
 from faust.types import EventT
 from faust.web import Request, Response, View
 
-from consumer.batch import RawMessage
+from consumer.batch import ParsedBatch, RawMessage
 from consumer.metrics import Metrics
 from consumer.processor import BatchProcessor
 from reindex_common.errors import ReindexError
@@ -38,12 +41,22 @@ from reindex_common.settings import Settings
 log = logging.getLogger("reindex.consumer")
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    """A batch between the two stages: its events (to ack), raw messages and parsed form."""
+
+    events: list[EventT[bytes]]
+    raws: list[RawMessage]
+    parsed: ParsedBatch
+    parse_seconds: float
+
+
 @dataclass
 class WorkerState:
     """What the agent and the signal handlers share."""
 
     worker_id: str
-    busy: bool = False
+    pending: int = 0  # batches taken and not yet acked (parsing, queued or writing)
     draining: bool = False
     fatal: ReindexError | None = None
     worker: faust.Worker | None = None
@@ -98,37 +111,58 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
     @app.agent(topic, concurrency=1)
     async def write_batches(stream: Any) -> None:  # faust.Stream: its types lack noack_take
         size, wait = settings.consumer_batch_size, settings.consumer_batch_wait
+        parsed_batches: asyncio.Queue[_Parsed] = asyncio.Queue(maxsize=1)
+        writer = asyncio.ensure_future(write_in_order(stream, parsed_batches))
         batch: list[EventT[bytes]]
-        async for batch in stream.noack_take(size, within=wait):
-            events = batch
-            raws = [
-                RawMessage(
-                    topic=e.message.topic,
-                    partition=e.message.partition,
-                    offset=e.message.offset,
-                    key=e.message.key,
-                    value=e.value,
-                )
-                for e in events
-            ]
-            state.busy = True
+        try:
+            async for batch in stream.noack_take(size, within=wait):
+                if state.draining or state.fatal is not None:
+                    continue  # never acked: the group delivers these again
+                raws = [
+                    RawMessage(
+                        topic=e.message.topic,
+                        partition=e.message.partition,
+                        offset=e.message.offset,
+                        key=e.message.key,
+                        value=e.value,
+                    )
+                    for e in batch
+                ]
+                state.pending += 1
+                began = time.monotonic()
+                parsed = await asyncio.to_thread(processor.parse, raws)
+                await parsed_batches.put(_Parsed(batch, raws, parsed, time.monotonic() - began))
+        finally:
+            writer.cancel()
+
+    async def write_in_order(stream: Any, parsed_batches: asyncio.Queue[_Parsed]) -> None:
+        """Stage 2: one batch at a time, in order; ack a batch only after it is written."""
+        while True:
+            item = await parsed_batches.get()
             try:
-                report = await asyncio.to_thread(processor.process, raws)
-            except ReindexError as e:
-                state.fatal = e
+                report = await asyncio.to_thread(
+                    processor.write, item.raws, item.parsed, item.parse_seconds
+                )
+            except Exception as e:
+                state.fatal = (
+                    e
+                    if isinstance(e, ReindexError)
+                    else ReindexError(
+                        f"unexpected error while writing a batch: {type(e).__name__}: {e}"
+                    )
+                )
                 log.critical("stopping the worker, nothing of this batch is committed: %s", e)
                 _shutdown(state)
-                await state.stop_requested.wait()  # never ack; the shutdown cancels us
-                return
-            finally:
-                state.busy = False
-            for event in events:
+                return  # nothing more is acked
+            for event in item.events:
                 await stream.ack(event)
+            state.pending -= 1
             log.info("%s", report.line())
-            if state.draining:
+            if state.draining and state.pending == 0:
                 await app.consumer.commit()
                 log.info("batch committed; leaving the group")
                 _shutdown(state)
+                return
 
     @app.on_partitions_assigned.connect
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
@@ -182,7 +216,7 @@ class ConsumerWorker(faust.Worker):
             _shutdown(state)
             return
         state.draining = True
-        if state.busy:
+        if state.pending:
             log.info("%s: finishing the current batch, then leaving the group", sig.name)
         else:
             log.info("%s: leaving the group", sig.name)

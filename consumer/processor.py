@@ -1,8 +1,10 @@
 """Processing one batch: validate, DLQ, write every shard, record what was written.
 
-This runs in a thread (the Faust event loop keeps heartbeating meanwhile). The agent acks the
-batch's events only after :meth:`BatchProcessor.process` returned; see ``consumer/app.py`` for
-the commit order.
+Two stages, each run in a thread (the Faust event loop keeps heartbeating meanwhile):
+:meth:`BatchProcessor.parse` (validate and route: CPU) and :meth:`BatchProcessor.write` (DLQ,
+shard writes, written records: mostly waiting on the shards). The agent parses the next batch
+while this one writes, writes batches one at a time in order, and acks a batch's events only
+after its ``write`` returned; see ``consumer/app.py`` for the commit order.
 """
 
 from __future__ import annotations
@@ -67,12 +69,16 @@ class BatchProcessor:
         self.writer.close()
         self.producer.flush(30)
 
-    def process(self, raws: list[RawMessage]) -> BatchReport:
-        """Write the batch; return only when everything is durable (raises otherwise)."""
+    def parse(self, raws: list[RawMessage]) -> ParsedBatch:
+        """Stage 1: validate and route (CPU only; may run while the previous batch writes)."""
+        return build(raws, len(self.settings.shards))
+
+    def write(
+        self, raws: list[RawMessage], parsed: ParsedBatch, parse_seconds: float
+    ) -> BatchReport:
+        """Stage 2: DLQ, shard writes, written records; returns once all of it is durable."""
         began = time.monotonic()
         self.batch_number += 1
-        parsed = build(raws, len(self.settings.shards))
-        parsed_at = time.monotonic()
         deadline = began + self.settings.write_retry_deadline
 
         for rejected in parsed.rejected:
@@ -114,7 +120,7 @@ class BatchProcessor:
             )
         self.producer.flush()  # DLQ envelopes and written records are durable before the ack
 
-        seconds = time.monotonic() - began
+        seconds = parse_seconds + time.monotonic() - began
         self.metrics.batch_done(
             parsed.scorecard_count, parsed.score_count, len(parsed.rejected), seconds
         )
@@ -123,6 +129,12 @@ class BatchProcessor:
             len(raws),
             parsed,
             seconds,
-            parse_seconds=parsed_at - began,
-            write_seconds=written_at - parsed_at,
+            parse_seconds=parse_seconds,
+            write_seconds=written_at - began,
         )
+
+    def process(self, raws: list[RawMessage]) -> BatchReport:
+        """Both stages, one after the other."""
+        began = time.monotonic()
+        parsed = self.parse(raws)
+        return self.write(raws, parsed, time.monotonic() - began)

@@ -22,17 +22,9 @@ import psycopg
 from reindex_common.errors import SourceUnavailableError
 from reindex_common.jobs import PageCursor
 from reindex_common.pg import connect, first_line
+from reindex_common.selection import CREATED_AT, SCORECARD_FIELDS, SELECTION
 
-_SELECT = """
-SELECT s.customer_id, s.profile_id, s.scorecard_id, s.template_id, s.template_revision,
-       r.type, r.title, s.conversation_id, s.agent_user_id, s.creator_user_id, s.score,
-       s.submitted_at, s.created_at, s.updated_at
-FROM director.scorecards s
-JOIN director.scorecard_template_revisions r
-  ON r.customer_id = s.customer_id AND r.profile_id = s.profile_id
- AND r.template_id = s.template_id AND r.revision = s.template_revision
-WHERE s.created_at >= %(start)s AND s.created_at < %(end)s AND r.type = ANY(%(types)s)
-"""
+_SELECT = f"SELECT {SCORECARD_FIELDS} {SELECTION}"
 
 _AFTER = """
   AND (s.created_at, s.scorecard_id, s.customer_id, s.profile_id)
@@ -44,13 +36,7 @@ ORDER BY s.created_at, s.scorecard_id, s.customer_id, s.profile_id
 LIMIT %(limit)s
 """
 
-_COUNT = """
-SELECT count(*) FROM director.scorecards s
-JOIN director.scorecard_template_revisions r
-  ON r.customer_id = s.customer_id AND r.profile_id = s.profile_id
- AND r.template_id = s.template_id AND r.revision = s.template_revision
-WHERE s.created_at >= %(start)s AND s.created_at < %(end)s AND r.type = ANY(%(types)s)
-"""
+_COUNT = f"SELECT count(*) {SELECTION}"
 
 _SCORES = """
 SELECT h.customer_id, h.profile_id, h.scorecard_id, h.criterion_id, h.numeric_value,
@@ -162,7 +148,10 @@ class ScorecardSource:
             scores.setdefault((row[0], row[1], row[2]), []).append(row)
         last = cards[-1]
         cursor = PageCursor(
-            created_at=last[12], scorecard_id=last[2], customer_id=last[0], profile_id=last[1]
+            created_at=last[CREATED_AT],
+            scorecard_id=last[2],
+            customer_id=last[0],
+            profile_id=last[1],
         )
         return Page(cards, scores, cursor)
 

@@ -24,31 +24,19 @@ from reindex_common.clickhouse import shard_client, wrap_error
 from reindex_common.errors import SourceUnavailableError
 from reindex_common.pg import connect, first_line
 from reindex_common.routing import shard_for
+from reindex_common.selection import CREATED_AT, SCORECARD_FIELDS, SELECTION
 from reindex_common.settings import Settings
 
 Bucket = Literal["day", "hour"]
 MASK = (1 << 64) - 1
 
 # The columns compared, in the same order on both sides (the job columns are not compared).
-_PG_CARDS = """
-SELECT s.created_at, s.customer_id, s.profile_id, s.scorecard_id, s.template_id,
-       s.template_revision, r.type, r.title, s.conversation_id, s.agent_user_id,
-       s.creator_user_id, s.score, s.submitted_at, s.updated_at
-FROM director.scorecards s
-JOIN director.scorecard_template_revisions r
-  ON r.customer_id = s.customer_id AND r.profile_id = s.profile_id
- AND r.template_id = s.template_id AND r.revision = s.template_revision
-WHERE s.created_at >= %(start)s AND s.created_at < %(end)s AND r.type = ANY(%(types)s)
-"""
+_PG_CARDS = f"SELECT {SCORECARD_FIELDS} {SELECTION}"
 
-_PG_KEYS = """
+_PG_KEYS = f"""
 SELECT s.customer_id, s.profile_id, s.scorecard_id, s.created_at, r.type,
        s.conversation_id, s.agent_user_id
-FROM director.scorecards s
-JOIN director.scorecard_template_revisions r
-  ON r.customer_id = s.customer_id AND r.profile_id = s.profile_id
- AND r.template_id = s.template_id AND r.revision = s.template_revision
-WHERE s.created_at >= %(start)s AND s.created_at < %(end)s AND r.type = ANY(%(types)s)
+{SELECTION}
 """
 
 _PG_SCORES = """
@@ -60,9 +48,9 @@ WHERE (customer_id, profile_id, scorecard_id) IN (
 """
 
 _CH_CARDS = """
-SELECT created_at, customer_id, profile_id, scorecard_id, template_id, template_revision,
-       scorecard_type, template_title, conversation_id, agent_user_id, creator_user_id, score,
-       submitted_at, updated_at
+SELECT customer_id, profile_id, scorecard_id, template_id, template_revision, scorecard_type,
+       template_title, conversation_id, agent_user_id, creator_user_id, score, submitted_at,
+       created_at, updated_at
 FROM scorecards FINAL
 WHERE created_at >= {start:DateTime64(6, 'UTC')} AND created_at < {end:DateTime64(6, 'UTC')}
   AND scorecard_type IN {types:Array(String)}
@@ -197,7 +185,7 @@ def _source(
                 cur.itersize = 10_000
                 cur.execute(_PG_CARDS, params)
                 for row in cur:
-                    tallies[bucket_of(row[0], bucket)].add_card(row[1:])
+                    tallies[bucket_of(row[CREATED_AT], bucket)].add_card(row)
             keys = conn.execute(_PG_KEYS, params).fetchall()
         with connect(settings.historic_dsn, what="the historic Postgres") as conn:
             conn.execute("SET TimeZone = 'UTC'")
@@ -251,9 +239,9 @@ def _target(
                 with client.query_row_block_stream(_CH_CARDS, parameters=params) as stream:
                     for block in stream:
                         for row in block:
-                            tally = tallies[bucket_of(row[0], bucket)]
-                            tally.add_card(row[1:])
-                            if shard_for(row[1], count) != shard.index:
+                            tally = tallies[bucket_of(row[CREATED_AT], bucket)]
+                            tally.add_card(row)
+                            if shard_for(row[0], count) != shard.index:
                                 tally.wrong_shard += 1
                 with client.query_row_block_stream(_CH_SCORES, parameters=params) as stream:
                     for block in stream:

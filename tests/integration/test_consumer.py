@@ -33,6 +33,7 @@ from reindex_common.messages import ReindexRequest
 from reindex_common.routing import shard_for
 from reindex_common.seed import SeedPlan, seed
 from reindex_common.settings import Settings
+from reindex_common.written import committed_offsets, summarize_written
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 END = START + timedelta(days=30)
@@ -218,4 +219,29 @@ def test_past_the_retry_deadline_the_worker_stops_and_commits_nothing_unwritten(
         stack.up(stack.StackConfig(root=services.stack_root, shards=len(state.shards)))
     with workers(settings, tmp_path, "rescuer"):
         _wait_written(settings, "deadline")
+    assert_correct_result(settings, settings.director_dsn, START, END, ALL)
+
+
+def test_sigterm_finishes_and_commits_the_current_batch_then_leaves(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    settings = pipeline_settings.replace(consumer_batch_size=100)
+    _seed(settings, 2000)
+    _produce(settings, "drain")
+    with workers(settings, tmp_path, "leaver") as (leaver,):
+        wait_until(lambda: "batch 2:" in leaver.output(), 60, "the leaver to write batches")
+        leaver.process.send_signal(signal.SIGTERM)
+        assert leaver.process.wait(60) == 0, leaver.output()
+    log = leaver.output()
+    assert "batch committed; leaving the group" in log or "SIGTERM: leaving the group" in log
+    batches = log.count("] batch ")
+    assert batches < 20, "the leaver wrote the whole job: the test did not stop it mid-job"
+    # Exactly what it wrote is committed: as many messages behind the committed offsets as it
+    # recorded written (each partition starts at offset 0; no message was written twice).
+    committed = committed_offsets(settings, settings.scorecards_topic, range(4))
+    written = summarize_written(settings, "drain").scorecards
+    assert 0 < written < 2000
+    assert sum(max(o, 0) for o in committed.values()) == written
+    with workers(settings, tmp_path, "finisher"):
+        _wait_written(settings, "drain")
     assert_correct_result(settings, settings.director_dsn, START, END, ALL)
