@@ -95,6 +95,11 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
         broker_heartbeat_interval=settings.consumer_heartbeat_interval,
         broker_commit_interval=settings.consumer_commit_interval,
         consumer_auto_offset_reset="earliest",
+        # Bound what is fetched ahead of the agent, so that a worker's memory does not depend on
+        # how much of a job waits in the topic: per partition, per poll, and per stream.
+        consumer_max_fetch_size=256 * 1024,
+        broker_max_poll_records=settings.consumer_batch_size,
+        stream_buffer_maxsize=2 * settings.consumer_batch_size,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
         datadir=tempfile.mkdtemp(prefix=f"reindex-faust-{state.worker_id}-"),
