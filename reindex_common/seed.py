@@ -21,6 +21,7 @@ import psycopg
 from reindex_common.errors import SourceUnavailableError
 from reindex_common.pg import connect, first_line
 
+# A few names that test quoting and Unicode, and enough others to spread over the shards.
 CUSTOMERS = (
     "acme-corp",
     "globex",
@@ -29,6 +30,7 @@ CUSTOMERS = (
     "kunde-müller-gmbh",
     "東京-support",
     "o'brien & sons",
+    *(f"customer-{i:03d}" for i in range(33)),
 )
 
 TITLES = (
