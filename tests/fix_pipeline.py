@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from fix_services import settings_env
+from fix_services import run_reindex, settings_env
 
 from reindex_common.clickhouse import shard_client
 from reindex_common.routing import shard_for
@@ -136,14 +136,7 @@ def workers(settings: Settings, logs: Path, *names: str) -> Iterator[list[Worker
 def reindex(
     settings: Settings, *args: str, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reindex", *args],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_reindex(*args, env=settings_env(settings), timeout=timeout)
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.2) -> None:
@@ -243,16 +236,3 @@ def assert_correct_result(
         if not extra_scores_allowed:
             extra_s = set(got_scores) - want_scores
             assert not extra_s, f"shard {index}: {len(extra_s)} scores extra"
-
-
-def job_rows(settings: Settings, job_id: str) -> int:
-    total = 0
-    for shard in settings.shards:
-        with shard_client(shard, database=settings.clickhouse_database) as client:
-            total += int(
-                client.command(
-                    "SELECT count() FROM scorecards FINAL WHERE reindex_job_id = {j:String}",
-                    parameters={"j": job_id},
-                )
-            )
-    return total

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -190,6 +192,20 @@ def make_settings(services: Services, clickhouse_database: str) -> Callable[...,
         return Settings(**values)
 
     return make
+
+
+def run_reindex(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m reindex ARGS`` in a subprocess, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "reindex", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

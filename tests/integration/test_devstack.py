@@ -5,25 +5,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import clickhouse_connect
 import psycopg
-from fix_services import free_port_run
+from fix_services import free_port_run, run_reindex
 
 from reindex_common.devstack import stack
 
 
 def reindex(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reindex", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        check=False,
-    )
+    return run_reindex(*args, env=env, timeout=300)
 
 
 def test_up_is_idempotent_env_points_at_it_and_down_stops_everything(tmp_path: Path) -> None:

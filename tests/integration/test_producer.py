@@ -28,7 +28,7 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from fix_services import settings_env
+from fix_services import run_reindex, settings_env
 from psycopg.rows import dict_row
 
 import producer.service
@@ -326,14 +326,7 @@ def assert_as_in_postgres(
 def reindex(
     *args: str, env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reindex", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+    return run_reindex(*args, env=env, timeout=timeout)
 
 
 @contextlib.contextmanager

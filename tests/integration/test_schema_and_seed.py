@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 
 import psycopg
-from fix_services import settings_env
+from fix_services import run_reindex, settings_env
 
 from reindex_common.clickhouse import shard_client
 from reindex_common.schema import SCORE_COLUMNS, SCORECARD_COLUMNS
@@ -16,14 +15,7 @@ from reindex_common.settings import Settings
 
 
 def reindex(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reindex", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        check=False,
-    )
+    return run_reindex(*args, env=env, timeout=300)
 
 
 def test_schema_init_is_idempotent_on_every_shard_and_the_source(
