@@ -135,7 +135,11 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
                 ]
                 state.pending += 1
                 began = time.monotonic()
-                parsed = await asyncio.to_thread(processor.parse, raws)
+                try:
+                    parsed = await asyncio.to_thread(processor.parse, raws)
+                except Exception as e:  # a bug, not a bad message (those go to the DLQ)
+                    _fail(state, e)
+                    continue
                 await parsed_batches.put(_Parsed(batch, raws, parsed, time.monotonic() - began))
         finally:
             writer.cancel()
@@ -149,15 +153,7 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
                     processor.write, item.raws, item.parsed, item.parse_seconds
                 )
             except Exception as e:
-                state.fatal = (
-                    e
-                    if isinstance(e, ReindexError)
-                    else ReindexError(
-                        f"unexpected error while writing a batch: {type(e).__name__}: {e}"
-                    )
-                )
-                log.critical("stopping the worker, nothing of this batch is committed: %s", e)
-                _shutdown(state)
+                _fail(state, e)
                 return  # nothing more is acked
             for event in item.events:
                 await stream.ack(event)
@@ -194,6 +190,18 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
 
     del write_batches, on_assigned, on_revoked, MetricsView
     return app, processor
+
+
+def _fail(state: WorkerState, error: Exception) -> None:
+    """Stop the worker for good: nothing more is acked, so nothing unwritten is committed."""
+    if state.fatal is None:
+        state.fatal = (
+            error
+            if isinstance(error, ReindexError)
+            else ReindexError(f"unexpected error in a batch: {type(error).__name__}: {error}")
+        )
+    log.critical("stopping the worker, nothing of this batch is committed: %s", error)
+    _shutdown(state)
 
 
 def _shutdown(state: WorkerState) -> None:
