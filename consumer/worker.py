@@ -8,7 +8,7 @@ import socket
 
 from consumer.app import ConsumerWorker, WorkerState, create_app
 from reindex_common.errors import ReindexError
-from reindex_common.kafka import TopicSpec, ensure_topics
+from reindex_common.kafka import ensure_topics, reindexer_topics
 from reindex_common.settings import Settings
 
 log = logging.getLogger("reindex.consumer")
@@ -20,14 +20,7 @@ def default_worker_id() -> str:
 
 def run_worker(settings: Settings, worker_id: str, loglevel: str = "info") -> None:
     """Run until SIGTERM/SIGINT; raise the :class:`ReindexError` that stopped it, if any."""
-    ensure_topics(
-        settings,
-        [
-            TopicSpec(settings.scorecards_topic, settings.topic_partitions),
-            TopicSpec(settings.dlq_topic, 1),
-            TopicSpec(settings.written_topic, 1),
-        ],
-    )
+    ensure_topics(settings, reindexer_topics(settings))
     state = WorkerState(worker_id=worker_id)
     app, processor = create_app(settings, state)
     log.info(

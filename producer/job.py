@@ -28,7 +28,7 @@ from producer.encode import page_messages
 from producer.source import Page, ScorecardSource, Selection, prefetched
 from reindex_common.errors import BadInputError, ReindexError
 from reindex_common.jobs import JobCheckpoint, read_checkpoint, write_checkpoint
-from reindex_common.kafka import ReliableProducer, TopicSpec, ensure_topics
+from reindex_common.kafka import ReliableProducer, ensure_topics, reindexer_topics
 from reindex_common.messages import ReindexRequest
 from reindex_common.progress import ProgressView
 from reindex_common.settings import Settings
@@ -52,16 +52,6 @@ class JobOptions:
     # Called with the checkpoint after the count and after every recorded page; may raise
     # JobInterrupted. The request service keeps its consumer group membership alive here.
     on_page: Callable[[JobCheckpoint], None] | None = None
-
-
-def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Every topic the reindexer uses, created when missing."""
-    return [
-        TopicSpec(settings.scorecards_topic, settings.topic_partitions),
-        TopicSpec(settings.requests_topic, 1),
-        TopicSpec(settings.dlq_topic, 1),
-        TopicSpec(settings.jobs_topic, 1, {"cleanup.policy": "compact"}),
-    ]
 
 
 def _same_request(a: ReindexRequest, b: ReindexRequest) -> bool:
@@ -92,7 +82,7 @@ def run_job(
     producer: ReliableProducer | None = None,
 ) -> JobCheckpoint:
     """Run (or resume) ``request``'s job to the end; return its final checkpoint."""
-    ensure_topics(settings, topic_specs(settings))
+    ensure_topics(settings, reindexer_topics(settings))
     previous = read_checkpoint(settings, request.job_id)
     if previous is not None and not options.restart:
         if not _same_request(previous.request, request):

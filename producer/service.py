@@ -32,10 +32,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from producer.job import JobInterrupted, JobOptions, run_job, topic_specs
+from producer.job import JobInterrupted, JobOptions, run_job
 from reindex_common.errors import BadInputError, KafkaError, ReindexError
 from reindex_common.jobs import JobCheckpoint
-from reindex_common.kafka import ReliableProducer, ensure_topics
+from reindex_common.kafka import ReliableProducer, ensure_topics, reindexer_topics
 from reindex_common.messages import ReindexRequest, dlq_message, dump, parse_request
 from reindex_common.settings import Settings
 
@@ -89,7 +89,7 @@ class RequestService:
 
     def run(self) -> None:
         """Serve until stopped; raise :class:`KafkaError` when Kafka cannot be used at all."""
-        ensure_topics(self.settings, topic_specs(self.settings))
+        ensure_topics(self.settings, reindexer_topics(self.settings))
         try:
             consumer = Consumer(
                 {

@@ -42,6 +42,17 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+def reindexer_topics(settings: Settings) -> list[TopicSpec]:
+    """Every topic the reindexer uses; producer, service and workers create the missing ones."""
+    return [
+        TopicSpec(settings.scorecards_topic, settings.topic_partitions),
+        TopicSpec(settings.requests_topic, 1),
+        TopicSpec(settings.dlq_topic, 1),
+        TopicSpec(settings.jobs_topic, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.written_topic, 1),
+    ]
+
+
 def _admin(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_client_config())
 
@@ -111,7 +122,6 @@ class ReliableProducer:
         }
         self._producer = Producer(config)
         self._bootstrap = settings.kafka_bootstrap
-        self.delivered = 0
         self.failures: list[str] = []
         # (topic, partition) -> highest offset delivered there, from the delivery reports
         self.max_offsets: dict[tuple[str, int], int] = {}
@@ -122,7 +132,6 @@ class ReliableProducer:
         if error is not None:
             self.failures.append(str(error.str()))
             return
-        self.delivered += 1
         if tag is not None:
             self._undelivered[tag] -= 1
         topic, partition, offset = message.topic(), message.partition(), message.offset()

@@ -33,11 +33,11 @@ from psycopg.rows import dict_row
 
 import producer.service
 from producer.cli_options import build_request
-from producer.job import JobOptions, run_job, topic_specs
+from producer.job import JobOptions, run_job
 from producer.service import RequestService, ServeOptions, serve_group
 from reindex_common.errors import SourceUnavailableError
 from reindex_common.jobs import JobCheckpoint, read_checkpoint
-from reindex_common.kafka import ensure_topics
+from reindex_common.kafka import ensure_topics, reindexer_topics
 from reindex_common.messages import DlqMessage, ReindexRequest, ScorecardMessage
 from reindex_common.seed import SeedPlan, seed
 from reindex_common.settings import Settings
@@ -631,7 +631,7 @@ def test_producer_killed_mid_job_resumes_with_the_same_job_id(
 
 def produce_raw(settings: Settings, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
     """Write requests the way any client may: a plain producer, bytes chosen by hand."""
-    ensure_topics(settings, topic_specs(settings))
+    ensure_topics(settings, reindexer_topics(settings))
     plain = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     for key, value in messages:
         plain.produce(settings.requests_topic, value=value, key=key)
