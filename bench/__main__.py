@@ -29,7 +29,7 @@ import psycopg
 
 from bench.baseline import run_baseline
 from bench.engine import run_engine_copy
-from reindex.status import job_status
+from reindex.status import JobWatcher
 from reindex_common.clickhouse import init_target_schema, shard_client
 from reindex_common.devstack import stack
 from reindex_common.errors import ReindexError
@@ -150,16 +150,17 @@ class Bench:
         ]
 
     def wait_complete(self, settings: Settings, job_id: str, procs: list[Proc]) -> None:
-        while True:
-            for p in procs:
-                if p.popen.poll() is not None and p.popen.returncode != 0:
-                    raise ReindexError(f"{p.name} exited: {p.output()[-500:]}")
-            try:
-                if job_status(settings, job_id).complete:
-                    return
-            except ReindexError:
-                pass
-            time.sleep(0.5)
+        with JobWatcher(settings, job_id) as watcher:
+            while True:
+                for p in procs:
+                    if p.popen.poll() is not None and p.popen.returncode != 0:
+                        raise ReindexError(f"{p.name} exited: {p.output()[-500:]}")
+                try:
+                    if watcher.status().complete:
+                        return
+                except ReindexError:
+                    pass  # no checkpoint yet
+                time.sleep(0.5)
 
     def start_workers(self, settings: Settings, count: int, tag: str) -> list[Proc]:
         workers = [

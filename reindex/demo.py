@@ -30,7 +30,7 @@ from rich.live import Live
 from rich.table import Table
 
 from producer.job import JobOptions, run_job
-from reindex.status import JobStatus, job_status
+from reindex.status import JobStatus, JobWatcher
 from reindex.verify import verify
 from reindex_common.clickhouse import init_target_schema, shard_client
 from reindex_common.devstack import stack
@@ -173,7 +173,8 @@ def _run_job_and_watch(
     console = Console(stderr=True)
     status: JobStatus | None = None
     last_plain = 0.0
-    with Live(console=console, auto_refresh=False, transient=False) as live:
+    watcher = JobWatcher(settings, request.job_id)
+    with watcher, Live(console=console, auto_refresh=False, transient=False) as live:
         while True:
             time.sleep(0.5)
             workers.check()
@@ -181,7 +182,7 @@ def _run_job_and_watch(
                 error = result["error"]
                 raise error if isinstance(error, BaseException) else RuntimeError(error)
             try:
-                status = job_status(settings, request.job_id)
+                status = watcher.status()
             except ReindexError:
                 status = None  # the job's first checkpoint is not there yet
             shards = status.written.per_shard if status else {}

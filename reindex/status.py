@@ -13,9 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reindex_common.errors import ReindexError
-from reindex_common.jobs import JobCheckpoint, read_checkpoint
+from reindex_common.jobs import JobCheckpoint
+from reindex_common.kafka import TopicTail
 from reindex_common.settings import Settings
-from reindex_common.written import WrittenSummary, committed_offsets, summarize_written
+from reindex_common.written import (
+    WrittenSummary,
+    WrittenTally,
+    group_offsets_reader,
+    read_committed,
+)
 
 
 @dataclass(frozen=True)
@@ -53,16 +59,48 @@ class JobStatus:
         return "\n".join(lines)
 
 
+class JobWatcher:
+    """Follows one job: each :meth:`status` reads only what was added to the jobs and written
+    topics since the last call, and asks the group's committed offsets once."""
+
+    def __init__(self, settings: Settings, job_id: str) -> None:
+        self._settings = settings
+        self._job_id = job_id
+        self._key = job_id.encode()
+        self._jobs = TopicTail(settings, settings.jobs_topic)
+        self._written = TopicTail(settings, settings.written_topic)
+        self._offsets = group_offsets_reader(settings)
+        self._tally = WrittenTally(job_id)
+        self._checkpoint: JobCheckpoint | None = None
+
+    def __enter__(self) -> JobWatcher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for client in (self._jobs, self._written, self._offsets):
+            client.close()
+
+    def status(self) -> JobStatus:
+        """The job's status now; :class:`ReindexError` while the job has no checkpoint."""
+        for key, value in self._jobs.read_new():
+            if key == self._key:
+                self._checkpoint = JobCheckpoint.model_validate_json(value)
+        checkpoint = self._checkpoint
+        if checkpoint is None:
+            raise ReindexError(f"no job {self._job_id!r} in {self._settings.jobs_topic}")
+        self._tally.add(self._written.read_new())
+        committed = read_committed(
+            self._offsets, self._settings.scorecards_topic, checkpoint.max_offsets
+        )
+        lagging = sorted(
+            p for p, last in checkpoint.max_offsets.items() if committed.get(p, -1) <= last
+        )
+        return JobStatus(checkpoint, self._tally.summary(), lagging)
+
+
 def job_status(settings: Settings, job_id: str) -> JobStatus:
-    checkpoint = read_checkpoint(settings, job_id)
-    if checkpoint is None:
-        raise ReindexError(f"no job {job_id!r} in {settings.jobs_topic}")
-    written = summarize_written(settings, job_id)
-    committed = committed_offsets(settings, settings.scorecards_topic, checkpoint.max_offsets)
-    lagging = sorted(
-        p for p, last in checkpoint.max_offsets.items() if committed.get(p, -1) <= last
-    )
-    return JobStatus(checkpoint, written, lagging)
+    with JobWatcher(settings, job_id) as watcher:
+        return watcher.status()
 
 
 def wait_for_job(
@@ -77,17 +115,18 @@ def wait_for_job(
     """Poll until the job is complete or ``timeout_s`` passed; return the last status."""
     deadline = time.monotonic() + timeout_s
     last_report = 0.0
-    while True:
-        status = job_status(settings, job_id)
-        now = time.monotonic()
-        if status.complete or now >= deadline:
-            say(status.describe())
-            return status
-        if now - last_report >= report_every_s:
-            last_report = now
-            cp = status.checkpoint
-            say(
-                f"job {job_id}: {cp.state}, published {cp.published_scorecards:,}, "
-                f"written {status.written.scorecards:,}"
-            )
-        time.sleep(min(poll_s, max(0.0, deadline - now)))
+    with JobWatcher(settings, job_id) as watcher:
+        while True:
+            status = watcher.status()
+            now = time.monotonic()
+            if status.complete or now >= deadline:
+                say(status.describe())
+                return status
+            if now - last_report >= report_every_s:
+                last_report = now
+                cp = status.checkpoint
+                say(
+                    f"job {job_id}: {cp.state}, published {cp.published_scorecards:,}, "
+                    f"written {status.written.scorecards:,}"
+                )
+            time.sleep(min(poll_s, max(0.0, deadline - now)))

@@ -204,49 +204,91 @@ class ReliableProducer:
         raise KafkaError(f"{count} message(s) could not be delivered to Kafka: {first}")
 
 
-def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[bytes]:
-    """Every value in ``topic`` from the beginning to the end it had when called."""
-    consumer = Consumer(
-        {
-            **settings.kafka_client_config(),
-            "group.id": f"reindex-reader-{uuid.uuid4().hex[:8]}",  # never joins: manual assign
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            # The end is where a fetch comes back empty (high watermarks are not to be trusted:
-            # Tansu reports the last batch's base offset + 1). A short fetch wait makes an empty
-            # fetch likely even while the topic is being written to (a running job's checkpoints).
-            "fetch.wait.max.ms": 10,
-        }
-    )
-    values: list[bytes] = []
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s)
-        found = metadata.topics.get(topic)
+class TopicTail:
+    """Reads a topic from its beginning, then, at each :meth:`read_new`, what was added since.
+
+    A caller that polls (``status --wait``, the demo's live view) reads each record once instead
+    of the whole topic every time. The end of a partition is where librdkafka reports
+    end-of-partition, not the high watermark: Tansu reports the last batch's base offset + 1.
+    """
+
+    def __init__(self, settings: Settings, topic: str, timeout_s: float = 30.0) -> None:
+        self._topic = topic
+        self._timeout_s = timeout_s
+        self._consumer = Consumer(
+            {
+                **settings.kafka_client_config(),
+                "group.id": f"reindex-reader-{uuid.uuid4().hex[:8]}",  # never joins: manual assign
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                # A short fetch wait makes an empty fetch (and so the end-of-partition event)
+                # likely even while the topic is being written to.
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self._assigned: set[int] = set()
+        self._pending: set[int] = set()  # partitions read since their last end-of-partition
+
+    def __enter__(self) -> TopicTail:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def _assign_new_partitions(self) -> None:
+        metadata = self._consumer.list_topics(self._topic, timeout=self._timeout_s)
+        found = metadata.topics.get(self._topic)
         if found is None or found.error is not None:
-            return values
-        pending: set[int] = set()
-        assignment = []
+            return  # not created yet: nothing to read
+        new = []
         for p in found.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if p in self._assigned:
+                continue
+            tp = TopicPartition(self._topic, p)
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=self._timeout_s)
             if high > low:
-                pending.add(p)
-                assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
-        consumer.assign(assignment)
-        while pending:
-            msg = consumer.poll(timeout_s)
-            if msg is None:
-                raise KafkaError(f"timed out reading {topic}")
-            error = msg.error()
-            if error is not None:
-                if error.code() == ConfluentKafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition() or 0)
-                    continue
-                raise KafkaError(f"cannot read {topic}: {error.str()}")
-            value = msg.value()
-            if value:
-                values.append(value)
-    except KafkaException as e:
-        raise KafkaError(f"cannot read {topic}: {e.args[0].str()}") from e
-    finally:
-        consumer.close()
-    return values
+                self._pending.add(p)
+            new.append(TopicPartition(self._topic, p, OFFSET_BEGINNING))
+            self._assigned.add(p)
+        if new:
+            self._consumer.incremental_assign(new)
+
+    def read_new(self) -> list[tuple[bytes | None, bytes]]:
+        """(key, value) of every record added since the last call (all of them, the first time)."""
+        records: list[tuple[bytes | None, bytes]] = []
+        looked = False  # one short look for records on partitions already read to their end
+        try:
+            self._assign_new_partitions()
+            while True:
+                if self._pending:
+                    msg = self._consumer.poll(self._timeout_s)
+                    if msg is None:
+                        raise KafkaError(f"timed out reading {self._topic}")
+                elif looked:
+                    return records  # stop here even while the topic keeps growing
+                else:
+                    looked = True
+                    msg = self._consumer.poll(0.1)
+                    if msg is None:
+                        return records
+                error = msg.error()
+                if error is not None:
+                    if error.code() == ConfluentKafkaError._PARTITION_EOF:
+                        self._pending.discard(msg.partition() or 0)
+                        continue
+                    raise KafkaError(f"cannot read {self._topic}: {error.str()}")
+                self._pending.add(msg.partition() or 0)  # its end-of-partition follows
+                value = msg.value()
+                if value:
+                    records.append((msg.key(), value))
+        except KafkaException as e:
+            raise KafkaError(f"cannot read {self._topic}: {e.args[0].str()}") from e
+
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[bytes]:
+    """Every value in ``topic`` from the beginning to its end now."""
+    with TopicTail(settings, topic, timeout_s) as tail:
+        return [value for _, value in tail.read_new()]

@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from reindex_common.errors import KafkaError
-from reindex_common.kafka import read_topic
+from reindex_common.kafka import TopicTail
 from reindex_common.messages import UtcDatetime
 from reindex_common.settings import Settings
 
@@ -43,13 +43,7 @@ class WrittenRecord(BaseModel):
 
 def to_runs(offsets: Iterable[int]) -> list[tuple[int, int]]:
     """Sorted, merged inclusive runs of ``offsets``: [3, 4, 5, 9] -> [(3, 5), (9, 9)]."""
-    runs: list[tuple[int, int]] = []
-    for offset in sorted(set(offsets)):
-        if runs and offset == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], offset)
-        else:
-            runs.append((offset, offset))
-    return runs
+    return to_runs_merged((offset, offset) for offset in offsets)
 
 
 def union_size(runs: Iterable[tuple[int, int]]) -> int:
@@ -72,43 +66,89 @@ class WrittenSummary(BaseModel):
     per_shard: dict[int, int]
 
 
+class WrittenTally:
+    """Folds one job's written records, as they are read, into a :class:`WrittenSummary`."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._key = job_id.encode()
+        self._runs: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        self._workers: dict[str, int] = defaultdict(int)
+        self._per_shard: dict[int, int] = defaultdict(int)
+        self._scores = 0
+
+    def add(self, records: Iterable[tuple[bytes | None, bytes]]) -> None:
+        """Take (key, value) records of the written topic; other jobs' are skipped unparsed."""
+        for key, value in records:
+            if key is not None and key != self._key:
+                continue
+            record = WrittenRecord.model_validate_json(value)
+            if record.job_id != self.job_id:
+                continue
+            for partition, parts in record.runs.items():
+                self._runs[partition].extend(parts)
+            self._workers[record.worker] += record.scorecards
+            for shard, count in record.per_shard.items():
+                self._per_shard[shard] += count
+            self._scores += record.scores
+
+    def summary(self) -> WrittenSummary:
+        for partition, runs in self._runs.items():
+            self._runs[partition] = to_runs_merged(runs)  # keep the list short across polls
+        return WrittenSummary(
+            scorecards=sum(union_size(r) for r in self._runs.values()),
+            scores=self._scores,
+            workers=dict(self._workers),
+            per_shard=dict(self._per_shard),
+        )
+
+
+def to_runs_merged(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or adjacent inclusive runs merged: [(0, 4), (3, 9), (10, 10)] -> [(0, 10)]."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(runs):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
 def summarize_written(settings: Settings, job_id: str) -> WrittenSummary:
-    runs: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    workers: dict[str, int] = defaultdict(int)
-    per_shard: dict[int, int] = defaultdict(int)
-    scores = 0
-    for value in read_topic(settings, settings.written_topic):
-        record = WrittenRecord.model_validate_json(value)
-        if record.job_id != job_id:
-            continue
-        for partition, parts in record.runs.items():
-            runs[partition].extend(parts)
-        workers[record.worker] += record.scorecards
-        for shard, count in record.per_shard.items():
-            per_shard[shard] += count
-        scores += record.scores
-    total = sum(union_size(r) for r in runs.values())
-    return WrittenSummary(
-        scorecards=total, scores=scores, workers=dict(workers), per_shard=dict(per_shard)
+    """What the workers recorded as written for ``job_id`` (reads the whole written topic)."""
+    tally = WrittenTally(job_id)
+    with TopicTail(settings, settings.written_topic) as tail:
+        tally.add(tail.read_new())
+    return tally.summary()
+
+
+def group_offsets_reader(settings: Settings) -> Consumer:
+    """A client that asks the workers' group for its committed offsets without joining it."""
+    return Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": settings.group_id,
+            "enable.auto.commit": False,
+        }
     )
+
+
+def read_committed(consumer: Consumer, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+    """The committed offset per partition (-1 where there is none), via ``consumer``'s group."""
+    wanted = [TopicPartition(topic, p) for p in partitions]
+    if not wanted:
+        return {}
+    try:
+        found = consumer.committed(wanted, timeout=30)
+    except KafkaException as e:
+        raise KafkaError(f"cannot read committed offsets: {e.args[0].str()}") from e
+    return {tp.partition: tp.offset for tp in found}
 
 
 def committed_offsets(settings: Settings, topic: str, partitions: Iterable[int]) -> dict[int, int]:
     """The consumer group's committed offset per partition (-1 where it has none)."""
-    consumer = Consumer(
-        {
-            **settings.kafka_client_config(),
-            "group.id": settings.group_id,  # asks the group's offsets without joining it
-            "enable.auto.commit": False,
-        }
-    )
+    consumer = group_offsets_reader(settings)
     try:
-        wanted = [TopicPartition(topic, p) for p in partitions]
-        if not wanted:
-            return {}
-        found = consumer.committed(wanted, timeout=30)
-    except KafkaException as e:
-        raise KafkaError(f"cannot read committed offsets: {e.args[0].str()}") from e
+        return read_committed(consumer, topic, partitions)
     finally:
         consumer.close()
-    return {tp.partition: tp.offset for tp in found}

@@ -13,6 +13,9 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from fix_services import Services
 
+from reindex_common.kafka import TopicTail, read_topic
+from reindex_common.settings import Settings
+
 APP = Path(__file__).with_name("faust_echo_app.py")
 
 
@@ -69,3 +72,25 @@ def test_confluent_producer_and_faust_agent_exchange_messages(
         worker.terminate()
         worker.wait(30)
         log.close()
+
+
+def test_a_topic_tail_reads_each_record_once(services: Services) -> None:
+    settings = Settings(kafka_bootstrap=services.kafka_bootstrap)
+    topic = f"tail-{uuid.uuid4().hex[:8]}"
+    producer = Producer({"bootstrap.servers": services.kafka_bootstrap})
+
+    def send(*values: bytes) -> None:
+        for i, value in enumerate(values):
+            producer.produce(topic, value=value, key=b"k", partition=i % 2)
+        assert producer.flush(30) == 0
+
+    with TopicTail(settings, topic) as tail:
+        assert tail.read_new() == []  # the topic does not exist yet
+        admin = AdminClient({"bootstrap.servers": services.kafka_bootstrap})
+        admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(timeout=30)
+        send(b"a", b"b", b"c")
+        assert sorted(v for _, v in tail.read_new()) == [b"a", b"b", b"c"]
+        assert tail.read_new() == []
+        send(b"d", b"e")
+        assert sorted(tail.read_new()) == [(b"k", b"d"), (b"k", b"e")]
+    assert sorted(read_topic(settings, topic)) == [b"a", b"b", b"c", b"d", b"e"]

@@ -8,7 +8,7 @@ from consumer.batch import RawMessage, build
 from consumer.metrics import Metrics
 from reindex_common.routing import shard_for
 from reindex_common.schema import SCORE_COLUMNS, SCORECARD_COLUMNS
-from reindex_common.written import to_runs, union_size
+from reindex_common.written import WrittenRecord, WrittenTally, to_runs, to_runs_merged, union_size
 
 
 def _message(
@@ -127,3 +127,23 @@ def test_metrics_exposition() -> None:
     assert 'reindex_dlq_messages_total{worker="w1"} 1' in text
     assert 'reindex_write_retries_total{worker="w1"} 1' in text
     assert "# TYPE reindex_batch_seconds_sum counter" in text
+
+
+def test_to_runs_merged() -> None:
+    assert to_runs_merged([(3, 9), (0, 4), (10, 10), (20, 21)]) == [(0, 10), (20, 21)]
+
+
+def test_written_tally_counts_one_job_and_redelivery_once() -> None:
+    def record(job: str, runs: dict[int, list[tuple[int, int]]], n: int) -> tuple[bytes, bytes]:
+        value = WrittenRecord(
+            job_id=job, worker="w", runs=runs, scorecards=n, scores=2 * n, per_shard={0: n}
+        )
+        return job.encode(), value.model_dump_json().encode()
+
+    tally = WrittenTally("j")
+    tally.add([record("j", {0: [(0, 9)]}, 10), record("other", {0: [(10, 19)]}, 10)])
+    tally.add([record("j", {0: [(5, 14)], 1: [(0, 0)]}, 11)])  # 5..9 written again
+    summary = tally.summary()
+    assert summary.scorecards == 16
+    assert summary.workers == {"w": 21}
+    assert summary.per_shard == {0: 21}
