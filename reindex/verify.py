@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -32,12 +32,6 @@ MASK = (1 << 64) - 1
 
 # The columns compared, in the same order on both sides (the job columns are not compared).
 _PG_CARDS = f"SELECT {SCORECARD_FIELDS} {SELECTION}"
-
-_PG_KEYS = f"""
-SELECT s.customer_id, s.profile_id, s.scorecard_id, s.created_at, r.type,
-       s.conversation_id, s.agent_user_id
-{SELECTION}
-"""
 
 _PG_SCORES = """
 SELECT customer_id, profile_id, scorecard_id, criterion_id, numeric_value, not_applicable,
@@ -179,52 +173,44 @@ def _source(
     tallies: dict[datetime, Tally] = defaultdict(Tally)
     params = {"start": start, "end": end, "types": list(types)}
     try:
-        with connect(settings.director_dsn, what="the director Postgres") as conn:
-            conn.execute("SET TimeZone = 'UTC'")
-            with conn.cursor(name="verify_cards") as cur:
-                cur.itersize = 10_000
+        with (
+            connect(settings.director_dsn, what="the director Postgres") as director,
+            connect(settings.historic_dsn, what="the historic Postgres") as historic,
+        ):
+            director.execute("SET TimeZone = 'UTC'")
+            historic.execute("SET TimeZone = 'UTC'")
+            # One pass over the selection, streamed; the scores of each chunk in one query.
+            with director.cursor(name="verify_cards") as cur:
                 cur.execute(_PG_CARDS, params)
-                for row in cur:
-                    tallies[bucket_of(row[CREATED_AT], bucket)].add_card(row)
-            keys = conn.execute(_PG_KEYS, params).fetchall()
-        with connect(settings.historic_dsn, what="the historic Postgres") as conn:
-            conn.execute("SET TimeZone = 'UTC'")
-            for chunk in _chunks(keys, 5_000):
-                card = {(k[0], k[1], k[2]): k for k in chunk}
-                rows = conn.execute(
-                    _PG_SCORES,
-                    {
-                        "c": [k[0] for k in chunk],
-                        "p": [k[1] for k in chunk],
-                        "s": [k[2] for k in chunk],
-                    },
-                ).fetchall()
-                for r in rows:
-                    _, _, _, created, kind, conversation, agent = card[(r[0], r[1], r[2])]
-                    values = (
-                        r[0],
-                        r[1],
-                        r[2],
-                        r[3],
-                        kind,
-                        1 if kind == "PROCESS" else 0,
-                        conversation,
-                        agent,
-                        r[4],
-                        int(r[5]),
-                        r[6],
-                        r[7],
-                        r[8],
-                    )
-                    tallies[bucket_of(created, bucket)].add_score(values)
+                while chunk := cur.fetchmany(5_000):
+                    for row in chunk:
+                        tallies[bucket_of(row[CREATED_AT], bucket)].add_card(row)
+                    _tally_scores(historic, chunk, tallies, bucket)
     except psycopg.Error as e:
         raise SourceUnavailableError(f"cannot read Postgres for verify: {first_line(e)}") from e
     return tallies
 
 
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _tally_scores(
+    historic: psycopg.Connection[Any],
+    cards: list[tuple[Any, ...]],
+    tallies: dict[datetime, Tally],
+    bucket: Bucket,
+) -> None:
+    """Add the scores of ``cards`` (rows of SCORECARD_FIELDS), as the shards should hold them."""
+    by_key = {(c[0], c[1], c[2]): c for c in cards}
+    rows = historic.execute(
+        _PG_SCORES,
+        {"c": [c[0] for c in cards], "p": [c[1] for c in cards], "s": [c[2] for c in cards]},
+    ).fetchall()
+    for r in rows:
+        card = by_key[(r[0], r[1], r[2])]
+        kind = card[5]
+        values = (
+            r[0], r[1], r[2], r[3], kind, 1 if kind == "PROCESS" else 0, card[7], card[8],
+            r[4], int(r[5]), r[6], r[7], r[8],
+        )  # fmt: skip
+        tallies[bucket_of(card[CREATED_AT], bucket)].add_score(values)
 
 
 def _target(
