@@ -1,6 +1,7 @@
 """The Faust app of the consumer group: batches in, shard writes, offsets committed after.
 
-The commit order, for every batch (``stream.noack_take`` never acks by itself):
+Messages reach the batch loop through an :class:`~consumer.intake.Intake` (see there why not
+through a Faust stream), and nothing acks them but the loop. The commit order, for every batch:
 
 1. take up to ``consumer_batch_size`` messages, waiting at most ``consumer_batch_wait`` seconds;
 2. in a thread, validate each message and group by shard — while the previous batch is still
@@ -9,13 +10,13 @@ The commit order, for every batch (``stream.noack_take`` never acks by itself):
    DLQ, and per shard run DELETE (clean-up), INSERT scorecards, INSERT scores, each retried until
    it succeeds or the retry deadline passes; then publish what was written per job and flush the
    DLQ and those records;
-4. only then ack the batch's events; Faust commits acked offsets every
+4. only then ack the batch's messages; Faust commits acked offsets every
    ``consumer_commit_interval`` seconds, on rebalance, and on shutdown.
 
 If step 3 fails for good, nothing more is acked and the worker stops with an error: the batch's
-offsets are never committed and the group redelivers it. (``stream.take`` would be wrong here: it
-acks its batch in a ``finally``, even when the body raised — see NOTES.md.) SIGTERM and SIGINT let
-the batches already taken finish, commit them, and then leave the group.
+offsets are never committed and the group redelivers it. (Faust's ``stream.take`` would be wrong
+here: it acks its batch in a ``finally``, even when the body raised — see NOTES.md.) SIGTERM and
+SIGINT let the batches already taken finish, commit them, and then leave the group.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from faust.types import EventT
+from faust.types import Message
 from faust.web import Request, Response, View
 
 from consumer.batch import ParsedBatch, RawMessage
+from consumer.intake import Intake, IntakeApp
 from consumer.metrics import Metrics
 from consumer.processor import BatchProcessor
 from reindex_common.errors import ReindexError
@@ -43,9 +45,9 @@ log = logging.getLogger("reindex.consumer")
 
 @dataclass(frozen=True)
 class _Parsed:
-    """A batch between the two stages: its events (to ack), raw messages and parsed form."""
+    """A batch between the two stages: its Kafka messages (to ack), raw form and parsed form."""
 
-    events: list[EventT[bytes]]
+    messages: list[Message]
     raws: list[RawMessage]
     parsed: ParsedBatch
     parse_seconds: float
@@ -87,8 +89,10 @@ def _broker_credentials(settings: Settings) -> Any:
 
 
 def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, BatchProcessor]:
-    app = faust.App(
+    intake = Intake(settings.scorecards_topic, capacity=2 * settings.consumer_batch_size)
+    app = IntakeApp(
         settings.group_id,
+        intake=intake,
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         broker_credentials=_broker_credentials(settings),
         broker_session_timeout=settings.consumer_session_timeout,
@@ -96,10 +100,9 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
         broker_commit_interval=settings.consumer_commit_interval,
         consumer_auto_offset_reset="earliest",
         # Bound what is fetched ahead of the agent, so that a worker's memory does not depend on
-        # how much of a job waits in the topic: per partition, per poll, and per stream.
+        # how much of a job waits in the topic: per partition, per poll, and in the intake.
         consumer_max_fetch_size=256 * 1024,
         broker_max_poll_records=settings.consumer_batch_size,
-        stream_buffer_maxsize=2 * settings.consumer_batch_size,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
         datadir=tempfile.mkdtemp(prefix=f"reindex-faust-{state.worker_id}-"),
@@ -111,27 +114,30 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
     )
     metrics = Metrics(worker=state.worker_id)
     processor = BatchProcessor(settings, state.worker_id, metrics)
-    topic = app.topic(settings.scorecards_topic, key_serializer="raw", value_serializer="raw")
+    # Subscribed through the conductor, delivered by the intake (no agent, no stream).
+    app.topics.add(
+        app.topic(settings.scorecards_topic, key_serializer="raw", value_serializer="raw")
+    )
 
-    @app.agent(topic, concurrency=1)
-    async def write_batches(stream: Any) -> None:  # faust.Stream: its types lack noack_take
+    async def write_batches() -> None:
+        """Stage 1: take batches and parse each in a thread while the previous one writes."""
         size, wait = settings.consumer_batch_size, settings.consumer_batch_wait
         parsed_batches: asyncio.Queue[_Parsed] = asyncio.Queue(maxsize=1)
-        writer = asyncio.ensure_future(write_in_order(stream, parsed_batches))
-        batch: list[EventT[bytes]]
+        writer = asyncio.ensure_future(write_in_order(parsed_batches))
         try:
-            async for batch in stream.noack_take(size, within=wait):
+            while True:
+                messages = await intake.take(size, wait)
                 if state.draining or state.fatal is not None:
                     continue  # never acked: the group delivers these again
                 raws = [
                     RawMessage(
-                        topic=e.message.topic,
-                        partition=e.message.partition,
-                        offset=e.message.offset,
-                        key=e.message.key,
-                        value=e.value,
+                        topic=m.topic,
+                        partition=m.partition,
+                        offset=m.offset,
+                        key=m.key,
+                        value=m.value,
                     )
-                    for e in batch
+                    for m in messages
                 ]
                 state.pending += 1
                 began = time.monotonic()
@@ -140,11 +146,11 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
                 except Exception as e:  # a bug, not a bad message (those go to the DLQ)
                     _fail(state, e)
                     continue
-                await parsed_batches.put(_Parsed(batch, raws, parsed, time.monotonic() - began))
+                await parsed_batches.put(_Parsed(messages, raws, parsed, time.monotonic() - began))
         finally:
             writer.cancel()
 
-    async def write_in_order(stream: Any, parsed_batches: asyncio.Queue[_Parsed]) -> None:
+    async def write_in_order(parsed_batches: asyncio.Queue[_Parsed]) -> None:
         """Stage 2: one batch at a time, in order; ack a batch only after it is written."""
         while True:
             item = await parsed_batches.get()
@@ -155,8 +161,9 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
             except Exception as e:
                 _fail(state, e)
                 return  # nothing more is acked
-            for event in item.events:
-                await stream.ack(event)
+            ack = app.consumer.ack
+            for message in item.messages:
+                ack(message)
             state.pending -= 1
             log.info("%s", report.line())
             if state.draining and state.pending == 0:
@@ -164,6 +171,8 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
                 log.info("batch committed; leaving the group")
                 _shutdown(state)
                 return
+
+    app.task(write_batches)
 
     @app.on_partitions_assigned.connect
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:

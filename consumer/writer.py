@@ -49,6 +49,17 @@ KEYS_PER_STATEMENT = 1000
 BIG_QUERY = {"max_query_size": 4 * 1024 * 1024}
 
 
+def _import_lazy_modules() -> None:
+    """Import now what clickhouse-connect imports on the first insert, not during a batch.
+
+    Its insert path looks for pandas (which the embedded extra installs, through chdb) with a
+    lazy module attribute: about a second of imports under the GIL, in the first batch's write.
+    """
+    from clickhouse_connect.driver import options  # noqa: PLC0415
+
+    _ = options.pd
+
+
 def _chunks(items: list[T], size: int) -> list[list[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -68,6 +79,7 @@ class ShardWriter:
         self._on_retry = on_retry
         self._clients: dict[int, Client] = {}
         self._lock = threading.Lock()
+        _import_lazy_modules()
 
     def close(self) -> None:
         with self._lock:

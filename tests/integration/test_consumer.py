@@ -139,6 +139,25 @@ def test_a_worker_killed_mid_job_loses_nothing(pipeline_settings: Settings, tmp_
     assert_correct_result(settings, settings.director_dsn, START, END, ALL)
 
 
+def test_a_worker_joining_mid_job_takes_partitions_over_and_nothing_is_lost(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    # The rebalance revokes partitions while the first worker holds fetched, untaken messages in
+    # its intake: those must be dropped there and read again by the new owner, never skipped.
+    # Small batches keep the first worker busy with the backlog until the second has joined.
+    settings = pipeline_settings.replace(consumer_batch_size=10)
+    _seed(settings, 4000)
+    _produce(settings, "join")
+    with workers(settings, tmp_path, "first") as (first,):
+        wait_until(lambda: "batch 3:" in first.output(), 60, "the first to write batches")
+        with workers(settings, tmp_path, "second") as (second,):
+            wait_until(lambda: "] batch 1:" in second.output(), 90, "the second to write")
+            _wait_written(settings, "join")
+        assert "gives up partitions" in first.output(), "no partition moved: no rebalance"
+        assert first.process.poll() is None, first.output()
+    assert_correct_result(settings, settings.director_dsn, START, END, ALL)
+
+
 def test_a_shard_down_for_ten_seconds_delays_but_loses_nothing(
     pipeline_settings: Settings, services: Services, tmp_path: Path
 ) -> None:

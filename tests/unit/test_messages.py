@@ -6,14 +6,21 @@ import math
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 
 from reindex_common.errors import BadInputError
 from reindex_common.messages import (
     ReindexRequest,
+    ScorecardDict,
     ScorecardMessage,
+    ScorecardMessageDict,
+    ScorecardRecord,
+    ScoreDict,
+    ScoreRecord,
     dlq_message,
     dump,
     parse_request,
+    parse_scorecard_message,
     parse_time,
 )
 
@@ -142,3 +149,72 @@ def test_request_defaults_are_independent() -> None:
     a = ReindexRequest(start=datetime(2026, 1, 1), end=datetime(2026, 1, 2))
     b = ReindexRequest(start=datetime(2026, 1, 1), end=datetime(2026, 1, 2))
     assert a.job_id != b.job_id
+
+
+def _variants() -> list[tuple[str, dict[str, object]]]:
+    """A valid message and variants of it, each changing one thing."""
+    out: list[tuple[str, dict[str, object]]] = [("valid", _scorecard(1.5))]
+
+    def change(name: str, path: tuple[str, ...], value: object, *, drop: bool = False) -> None:
+        message = json.loads(json.dumps(_scorecard(1.5)))
+        target = message
+        for part in path[:-1]:
+            target = target[part] if not part.isdigit() else target[int(part)]
+        if drop:
+            target.pop(path[-1], None)
+        else:
+            target[path[-1]] = value
+        out.append((name, message))
+
+    change("no schema_version", ("schema_version",), None, drop=True)
+    change("schema_version 1", ("schema_version",), 1)
+    change("schema_version 2", ("schema_version",), 2)
+    change("unknown field", ("cleanup",), True)
+    change("unknown scorecard field", ("scorecard", "extra"), 1)
+    change("unknown score field", ("scores", "0", "extra"), 1)
+    change("missing job_id", ("job_id",), None, drop=True)
+    change("missing created_at", ("scorecard", "created_at"), None, drop=True)
+    change("null created_at", ("scorecard", "created_at"), None)
+    change("naive time", ("scorecard", "created_at"), "2026-03-01T00:00:00")
+    change("offset time", ("scorecard", "created_at"), "2026-03-01T02:00:00+02:00")
+    change("not a time", ("reindexed_at",), "yesterday")
+    change("unknown type", ("scorecard", "scorecard_type"), "EMAIL")
+    change("score as text", ("scorecard", "score"), "1.5")
+    change("score as int", ("scorecard", "score"), 2)
+    change("flag as text", ("scores", "0", "not_applicable"), "yes")
+    change("id as number", ("scorecard", "scorecard_id"), 7)
+    change("scores not a list", ("scores",), {"a": 1})
+    change("no scores", ("scores",), [])
+    return out
+
+
+@pytest.mark.parametrize(("name", "message"), _variants(), ids=[n for n, _ in _variants()])
+def test_the_consumers_dict_view_accepts_and_rejects_as_the_model(
+    name: str, message: dict[str, object]
+) -> None:
+    raw = json.dumps(message).encode()
+    try:
+        model: ScorecardMessage | None = ScorecardMessage.model_validate_json(raw)
+    except ValidationError:
+        model = None
+    try:
+        fast: ScorecardMessageDict | None = parse_scorecard_message(raw)
+    except ValidationError:
+        fast = None
+    assert (model is None) == (fast is None), name
+    if model is not None and fast is not None:
+        as_dict = model.model_dump()
+        as_dict["scores"] = list(as_dict["scores"])
+        as_dict.setdefault("schema_version", 1)
+        fast_dict = dict(fast)
+        fast_dict.setdefault("schema_version", 1)
+        assert fast_dict == as_dict, name
+
+
+def test_the_dict_view_has_the_models_fields() -> None:
+    for view, model in (
+        (ScorecardMessageDict, ScorecardMessage),
+        (ScorecardDict, ScorecardRecord),
+        (ScoreDict, ScoreRecord),
+    ):
+        assert set(view.__annotations__) == set(model.model_fields), view.__name__
