@@ -1,81 +1,74 @@
-"""Turning Postgres rows into scorecard messages (SPEC §4).
+"""Turning a page into scorecard messages (SPEC §4).
 
-The rows come from our own queries with known types, so they are not validated again here: plain
-dicts go straight to orjson (several times faster than building and dumping the models).
-The consumer validates every message it receives against :class:`ScorecardMessage`, and
-``tests/unit/test_producer_units.py`` checks that both describe the same message. Non-finite
-floats are written as the JSON constants ``NaN`` and ``Infinity``, which the consumer reads back.
+Postgres already wrote each scorecard and its scores as JSON (``producer/source.py``); a message is
+the job's fields followed by those two, joined as bytes. The consumer validates every message
+against the rules of :class:`~reindex_common.messages.ScorecardMessage`; the producer's tests parse
+what it publishes with that model and compare every value with Postgres.
+
+Postgres writes ``NaN`` and ``±Infinity`` floats as JSON strings. The messages carry them as the
+JSON constants ``NaN`` and ``Infinity`` instead, which the consumer reads back as floats: the few
+scorecards holding one are parsed, fixed and written again by pydantic's serializer.
 """
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Any
 
 import orjson
 from pydantic import ConfigDict, TypeAdapter
 
-from producer.source import Page, ScorecardRow, ScoreRow
+from producer.source import Page
 from reindex_common.messages import SCHEMA_VERSION
 
-# orjson writes NaN and ±Infinity as null: messages holding one go through pydantic's
-# serializer instead, which writes the JSON constants the consumer reads back.
+# orjson cannot write NaN or ±Infinity; pydantic writes them as the JSON constants.
 _EXACT_JSON = TypeAdapter(Any, config=ConfigDict(ser_json_inf_nan="constants"))
 
 
-def _finite(value: float | None) -> bool:
-    return value is None or math.isfinite(value)
+def message_head(job_id: str, clean_up: bool, reindexed_at: datetime) -> bytes:
+    """The bytes every message of a job starts with, up to the scorecard object."""
+    return b"".join(
+        (
+            b'{"schema_version":',
+            orjson.dumps(SCHEMA_VERSION),
+            b',"job_id":',
+            orjson.dumps(job_id),
+            b',"clean_up":',
+            orjson.dumps(clean_up),
+            b',"reindexed_at":',
+            orjson.dumps(reindexed_at, option=orjson.OPT_UTC_Z),
+            b',"scorecard":',
+        )
+    )
 
 
-def _record(row: ScorecardRow) -> dict[str, Any]:
-    return {
-        "customer_id": row[0],
-        "profile_id": row[1],
-        "scorecard_id": row[2],
-        "template_id": row[3],
-        "template_revision": row[4],
-        "scorecard_type": row[5],
-        "template_title": row[6],
-        "conversation_id": row[7],
-        "agent_user_id": row[8],
-        "creator_user_id": row[9],
-        "score": row[10],
-        "submitted_at": row[11],
-        "created_at": row[12],
-        "updated_at": row[13],
-    }
+def _float(value: Any) -> Any:
+    return float(value) if isinstance(value, str) else value  # "NaN", "Infinity", "-Infinity"
 
 
-def _score(row: ScoreRow) -> dict[str, Any]:
-    return {
-        "criterion_id": row[3],
-        "numeric_value": row[4],
-        "not_applicable": row[5],
-        "comment": row[6],
-        "created_at": row[7],
-        "updated_at": row[8],
-    }
+def _with_constants(head: bytes, card: bytes, scores: bytes) -> bytes:
+    message = orjson.loads(head + b"null}")
+    scorecard = orjson.loads(card)
+    scorecard["score"] = _float(scorecard["score"])
+    message["scorecard"] = scorecard
+    message["scores"] = orjson.loads(scores)
+    for score in message["scores"]:
+        score["numeric_value"] = _float(score["numeric_value"])
+    return _EXACT_JSON.dump_json(message)
 
 
 def page_messages(
     page: Page, *, job_id: str, clean_up: bool, reindexed_at: datetime
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) of every scorecard of ``page``, in page order (the SPEC §4 message)."""
+    head = message_head(job_id, clean_up, reindexed_at)
     out = []
-    for row in page.scorecards:
-        score_rows = page.scores.get((row[0], row[1], row[2]), ())
-        message = {
-            "schema_version": SCHEMA_VERSION,
-            "job_id": job_id,
-            "clean_up": clean_up,
-            "reindexed_at": reindexed_at,
-            "scorecard": _record(row),
-            "scores": [_score(s) for s in score_rows],
-        }
-        key = f"{row[0]}\x1f{row[1]}\x1f{row[2]}".encode()  # = ScorecardMessage.key()
-        if _finite(row[10]) and all(_finite(s[4]) for s in score_rows):
-            out.append((key, orjson.dumps(message, option=orjson.OPT_UTC_Z)))
+    for position, ((customer, profile, scorecard), card, scores) in enumerate(
+        zip(page.keys, page.cards, page.scores, strict=True)
+    ):
+        key = f"{customer}\x1f{profile}\x1f{scorecard}".encode()  # = ScorecardMessage.key()
+        if position in page.non_finite:
+            out.append((key, _with_constants(head, card, scores)))
         else:
-            out.append((key, _EXACT_JSON.dump_json(message)))
+            out.append((key, b"".join((head, card, b',"scores":', scores, b"}"))))
     return out

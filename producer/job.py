@@ -191,7 +191,10 @@ class _JobRun:
             )
             if self.options.dry_run:
                 return self.checkpoint.model_copy(update={"selected": selected})
-            self._record(selected=self.checkpoint.selected or selected)
+            # Not waited for: an idempotent producer's first delivery waits for its producer id
+            # (~0.5-1 s), which now overlaps the first pages' reads. The broker was reachable
+            # (ensure_topics), and the page checkpoints that follow are delivered in order.
+            self._record(wait=False, selected=self.checkpoint.selected or selected)
             self._after_page()
             self._publish_pages(source, selection)
         return self.checkpoint
@@ -220,8 +223,8 @@ class _JobRun:
                         self.producer.send(topic, value, key=key, tag=number)
                     in_flight.append((number, page))
                     self._checkpoint_delivered(in_flight, MAX_PAGES_IN_FLIGHT)
-                    progress.advance(len(page.scorecards))
-                    limit.after(len(page.scorecards))
+                    progress.advance(page.size)
+                    limit.after(page.size)
                     self._after_page()
             except JobInterrupted:
                 self._checkpoint_delivered(in_flight, 0)  # record what was published, then stop
@@ -259,7 +262,7 @@ class _JobRun:
             self._record(
                 wait=False,
                 cursor=page.cursor,
-                published_scorecards=self.checkpoint.published_scorecards + len(page.scorecards),
+                published_scorecards=self.checkpoint.published_scorecards + page.size,
                 published_scores=self.checkpoint.published_scores + page.score_count,
                 pages=self.checkpoint.pages + 1,
                 max_offsets=offsets,

@@ -114,6 +114,11 @@ def scorecard_messages(
     out = []
     for record in read_records(settings, settings.scorecards_topic):
         message = ScorecardMessage.model_validate_json(record.value)
+        # Floats travel as JSON numbers or the constants NaN/Infinity, never as strings (which
+        # the model would also accept).
+        raw = json.loads(record.value)
+        floats = [raw["scorecard"]["score"], *(s["numeric_value"] for s in raw["scores"])]
+        assert all(f is None or isinstance(f, int | float) for f in floats), record.value
         if job_id is None or message.job_id == job_id:
             out.append((record, message))
     return out
@@ -403,6 +408,7 @@ def test_selection_boundaries_types_and_values_arrive_intact(
                     START + timedelta(hours=4),
                     template_revision="2",
                     conversation_id="conv-2",
+                    score=math.inf,  # Postgres writes it as a JSON string; the message may not
                 ),
                 card(
                     "all-nulls",
