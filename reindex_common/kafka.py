@@ -204,6 +204,10 @@ class ReliableProducer:
         raise KafkaError(f"{count} message(s) could not be delivered to Kafka: {first}")
 
 
+# How long one TopicTail.read_new may keep reading a topic that keeps growing.
+READ_BUDGET_S = 2.0
+
+
 class TopicTail:
     """Reads a topic from its beginning, then, at each :meth:`read_new`, what was added since.
 
@@ -257,9 +261,16 @@ class TopicTail:
             self._consumer.incremental_assign(new)
 
     def read_new(self) -> list[tuple[bytes | None, bytes]]:
-        """(key, value) of every record added since the last call (all of them, the first time)."""
+        """(key, value) of every record added since the last call (all of them, the first time).
+
+        Reads until a short look finds nothing more once every partition reported its end. An
+        end-of-partition can come early (Tansu's high watermark is the last batch's base offset
+        + 1), so one is not trusted alone: a watcher stopping at the first one read a few
+        checkpoints per poll and fell ~30 s behind a fast producer. On a topic that keeps
+        growing, the call still returns after ``READ_BUDGET_S``.
+        """
         records: list[tuple[bytes | None, bytes]] = []
-        looked = False  # one short look for records on partitions already read to their end
+        stop_by = time.monotonic() + READ_BUDGET_S
         try:
             self._assign_new_partitions()
             while True:
@@ -267,11 +278,10 @@ class TopicTail:
                     msg = self._consumer.poll(self._timeout_s)
                     if msg is None:
                         raise KafkaError(f"timed out reading {self._topic}")
-                elif looked:
+                elif time.monotonic() >= stop_by:
                     return records  # stop here even while the topic keeps growing
                 else:
-                    looked = True
-                    msg = self._consumer.poll(0.1)
+                    msg = self._consumer.poll(0.05)
                     if msg is None:
                         return records
                 error = msg.error()

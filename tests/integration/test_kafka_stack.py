@@ -101,3 +101,24 @@ def test_a_topic_tail_reads_each_record_once(services: Services) -> None:
         assert sorted(later) == [(b"k", b"d"), (b"k", b"e")]
         assert tail.read_new() == []
     assert sorted(read_topic(settings, topic)) == [b"a", b"b", b"c", b"d", b"e"]
+
+
+def test_a_topic_tail_reads_past_early_ends_of_partition(services: Services) -> None:
+    # Tansu reports a partition's end at its last batch's base offset + 1: a reader that stops
+    # at the first end-of-partition gets a few records per read while many are there.
+    settings = Settings(kafka_bootstrap=services.kafka_bootstrap)
+    topic = f"tail-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": services.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+    producer = Producer({"bootstrap.servers": services.kafka_bootstrap})
+
+    def send(values: range) -> None:
+        for i in values:  # one batch each
+            producer.produce(topic, value=str(i).encode())
+            assert producer.flush(30) == 0
+
+    with TopicTail(settings, topic) as tail:
+        send(range(40))
+        assert [int(v) for _, v in tail.read_new()] == list(range(40))
+        send(range(40, 80))
+        assert [int(v) for _, v in tail.read_new()] == list(range(40, 80))
