@@ -127,6 +127,11 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
         try:
             while True:
                 messages = await intake.take(size, wait)
+                # Faust's livelock check reads when a stream last took an event from a partition;
+                # without a stream it would report every partition with a backlog as stuck.
+                inbound, now = app.monitor.stream_inbound_time, time.monotonic()
+                for tp in {m.tp for m in messages}:
+                    inbound[tp] = now
                 if state.draining or state.fatal is not None:
                     continue  # never acked: the group delivers these again
                 raws = [
