@@ -114,6 +114,17 @@ class _Workers:
                     )
                 )
 
+    def wait_joined(self, timeout_s: float = 120) -> None:
+        """Until every worker has its partitions (a group's first join takes a few seconds)."""
+        deadline = time.monotonic() + timeout_s
+        while not all(
+            "assigned partitions" in log.read_text(errors="replace") for log in self.logs
+        ):
+            self.check()
+            if time.monotonic() > deadline:
+                raise ReindexError(f"the consumer workers did not join in {timeout_s:.0f} s")
+            time.sleep(0.2)
+
     def check(self) -> None:
         for process, log in zip(self.processes, self.logs, strict=True):
             if process.poll() is not None:
@@ -250,6 +261,7 @@ def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -
 
         say(f"3/5 starting {options.workers} consumer workers and running the job…")
         workers = _Workers(settings, options.workers, Path(state.root) / "logs")
+        workers.wait_joined()  # so that the job's time is the pipeline's, not the group join's
         request = ReindexRequest(
             job_id=f"demo-{run_tag}",
             start=plan.start,
