@@ -132,6 +132,14 @@ class Selection:
 SCORE_READERS = 2
 
 
+def _cursor_after(cards: list[tuple[Any, ...]]) -> PageCursor:
+    """The keyset position after the last of ``cards`` (rows of ``_SELECT``)."""
+    last = cards[-1]
+    return PageCursor(
+        created_at=last[3], scorecard_id=last[2], customer_id=last[0], profile_id=last[1]
+    )
+
+
 class ScorecardSource:
     """Pages of the selection from the director and historic databases (read-only)."""
 
@@ -221,16 +229,12 @@ class ScorecardSource:
             score_count += count
             if has_non_finite:
                 non_finite.add(position - 1)
-        last = cards[-1]
-        cursor = PageCursor(
-            created_at=last[3], scorecard_id=last[2], customer_id=last[0], profile_id=last[1]
-        )
         return Page(
             keys=[(c[0], c[1], c[2]) for c in cards],
             cards=[c[4] for c in cards],
             scores=scores,
             score_count=score_count,
-            cursor=cursor,
+            cursor=_cursor_after(cards),
             non_finite=frozenset(non_finite),
         )
 
@@ -261,13 +265,7 @@ class ScorecardSource:
                     cards = self._cards(selection, after, size)
                     if cards:
                         pending.append(pool.submit(with_scores, cards))
-                        last = cards[-1]
-                        after = PageCursor(
-                            created_at=last[3],
-                            scorecard_id=last[2],
-                            customer_id=last[0],
-                            profile_id=last[1],
-                        )
+                        after = _cursor_after(cards)
                     # Yield in order; keep at most one query per connection waiting.
                     while pending and (not cards or len(pending) > len(self._historic)):
                         yield pending.popleft().result()
