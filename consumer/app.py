@@ -26,14 +26,14 @@ import logging
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.types import Message
 from faust.web import Request, Response, View
 
-from consumer.batch import ParsedBatch, RawMessage
+from consumer.batch import ParsedBatch
 from consumer.intake import Intake, IntakeApp
 from consumer.metrics import Metrics
 from consumer.processor import BatchProcessor
@@ -45,10 +45,9 @@ log = logging.getLogger("reindex.consumer")
 
 @dataclass(frozen=True)
 class _Parsed:
-    """A batch between the two stages: its Kafka messages (to ack), raw form and parsed form."""
+    """A batch between the two stages: its Kafka messages (to ack) and their parsed form."""
 
     messages: list[Message]
-    raws: list[RawMessage]
     parsed: ParsedBatch
     parse_seconds: float
 
@@ -62,7 +61,6 @@ class WorkerState:
     draining: bool = False
     fatal: ReindexError | None = None
     worker: faust.Worker | None = None
-    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _broker_credentials(settings: Settings) -> Any:
@@ -126,32 +124,17 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
         writer = asyncio.ensure_future(write_in_order(parsed_batches))
         try:
             while True:
-                messages = await intake.take(size, wait)
-                # Faust's livelock check reads when a stream last took an event from a partition;
-                # without a stream it would report every partition with a backlog as stuck.
-                inbound, now = app.monitor.stream_inbound_time, time.monotonic()
-                for tp in {m.tp for m in messages}:
-                    inbound[tp] = now
+                messages = await app.take_batch(size, wait)
                 if state.draining or state.fatal is not None:
                     continue  # never acked: the group delivers these again
-                raws = [
-                    RawMessage(
-                        topic=m.topic,
-                        partition=m.partition,
-                        offset=m.offset,
-                        key=m.key,
-                        value=m.value,
-                    )
-                    for m in messages
-                ]
                 state.pending += 1
                 began = time.monotonic()
                 try:
-                    parsed = await asyncio.to_thread(processor.parse, raws)
+                    parsed = await asyncio.to_thread(processor.parse, messages)
                 except Exception as e:  # a bug, not a bad message (those go to the DLQ)
                     _fail(state, e)
                     continue
-                await parsed_batches.put(_Parsed(messages, raws, parsed, time.monotonic() - began))
+                await parsed_batches.put(_Parsed(messages, parsed, time.monotonic() - began))
         finally:
             writer.cancel()
 
@@ -161,7 +144,7 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
             item = await parsed_batches.get()
             try:
                 report = await asyncio.to_thread(
-                    processor.write, item.raws, item.parsed, item.parse_seconds
+                    processor.write, len(item.messages), item.parsed, item.parse_seconds
                 )
             except Exception as e:
                 _fail(state, e)
@@ -219,7 +202,6 @@ def _fail(state: WorkerState, error: Exception) -> None:
 
 
 def _shutdown(state: WorkerState) -> None:
-    state.stop_requested.set()
     if state.worker is not None:
         # Leave without waiting for events that will never be acked (the failed batch, the next
         # one buffering): Faust then commits exactly the acked offsets and stops.

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import ValidationError
 
@@ -23,14 +23,28 @@ from reindex_common.messages import (
     parse_scorecard_message,
 )
 from reindex_common.routing import shard_for
-from reindex_common.schema import SCORE_COLUMNS, SCORECARD_COLUMNS
 
 T = TypeVar("T")
 
 
+class KafkaRecord(Protocol):
+    """A consumed message: its bytes and where they came from (Faust's ``Message`` is one)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(frozen=True)
 class RawMessage:
-    """What the consumer hands us: bytes and where they came from."""
+    """A :class:`KafkaRecord` made by hand (tests)."""
 
     topic: str
     partition: int
@@ -41,7 +55,7 @@ class RawMessage:
 
 @dataclass(frozen=True)
 class Rejected:
-    raw: RawMessage
+    raw: KafkaRecord
     reason: str
 
 
@@ -50,9 +64,9 @@ class ShardBatch:
     """Everything one batch writes to one shard, as columns in SPEC §3 order."""
 
     shard: int
-    clean_up_keys: list[tuple[str, str, str]] = field(default_factory=list)
-    scorecards: list[list[Any]] = field(default_factory=lambda: [[] for _ in SCORECARD_COLUMNS])
-    scores: list[list[Any]] = field(default_factory=lambda: [[] for _ in SCORE_COLUMNS])
+    clean_up_keys: list[tuple[str, str, str]]
+    scorecards: list[list[Any]]  # SCORECARD_COLUMNS
+    scores: list[list[Any]]  # SCORE_COLUMNS
 
     @property
     def scorecard_count(self) -> int:
@@ -82,7 +96,7 @@ class ParsedBatch:
         return sum(b.score_count for b in self.shards.values())
 
 
-def parse(raw: RawMessage) -> ScorecardMessageDict | Rejected:
+def parse(raw: KafkaRecord) -> ScorecardMessageDict | Rejected:
     if not raw.value:
         return Rejected(raw, "empty message")
     try:
@@ -92,6 +106,7 @@ def parse(raw: RawMessage) -> ScorecardMessageDict | Rejected:
 
 
 _MICROSECOND = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _ticks(times: list[datetime]) -> list[int]:
@@ -109,14 +124,11 @@ def _ticks(times: list[datetime]) -> list[int]:
 
 
 def _ticks_or_none(times: list[datetime | None]) -> list[int | None]:
+    if None not in times:
+        return cast("list[int | None]", _ticks(cast("list[datetime]", times)))
     present = [t for t in times if t is not None]
-    if len(present) == len(times):
-        return list(_ticks(present))
     ticks = iter(_ticks(present))
     return [None if t is None else next(ticks) for t in times]
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _repeated(values: list[T], counts: list[int]) -> list[T]:
@@ -138,8 +150,7 @@ def _columns(shard: int, messages: list[ScorecardMessageDict]) -> ShardBatch:
     types = [c["scorecard_type"] for c in cards]
     conversations = [c["conversation_id"] for c in cards]
     agents = [c["agent_user_id"] for c in cards]
-    batch = ShardBatch(shard)
-    batch.scorecards = [
+    scorecard_columns: list[list[Any]] = [
         customers,
         profiles,
         ids,
@@ -159,7 +170,7 @@ def _columns(shard: int, messages: list[ScorecardMessageDict]) -> ShardBatch:
     ]
     counts = [len(m["scores"]) for m in messages]
     scores = [s for m in messages for s in m["scores"]]
-    batch.scores = [
+    score_columns: list[list[Any]] = [
         _repeated(customers, counts),
         _repeated(profiles, counts),
         _repeated(ids, counts),
@@ -176,15 +187,15 @@ def _columns(shard: int, messages: list[ScorecardMessageDict]) -> ShardBatch:
         _repeated(jobs, counts),
         _repeated(reindexed, counts),
     ]
-    batch.clean_up_keys = [
+    clean_up_keys = [
         (c["customer_id"], c["profile_id"], c["scorecard_id"])
         for m, c in zip(messages, cards, strict=True)
         if m["clean_up"]
     ]
-    return batch
+    return ShardBatch(shard, clean_up_keys, scorecard_columns, score_columns)
 
 
-def build(raws: Iterable[RawMessage], shard_count: int) -> ParsedBatch:
+def build(raws: Iterable[KafkaRecord], shard_count: int) -> ParsedBatch:
     """Validate, deduplicate and route a batch; columns per shard, rejects for the DLQ."""
     rejected: list[Rejected] = []
     latest: dict[tuple[str, str, str], ScorecardMessageDict] = {}

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from consumer.batch import ParsedBatch, RawMessage, build
+from consumer.batch import KafkaRecord, ParsedBatch, build
 from consumer.metrics import Metrics
 from consumer.writer import ShardWriter
 from reindex_common.kafka import ReliableProducer
@@ -69,13 +70,11 @@ class BatchProcessor:
         self.writer.close()
         self.producer.flush(30)
 
-    def parse(self, raws: list[RawMessage]) -> ParsedBatch:
+    def parse(self, raws: Sequence[KafkaRecord]) -> ParsedBatch:
         """Stage 1: validate and route (CPU only; may run while the previous batch writes)."""
         return build(raws, len(self.settings.shards))
 
-    def write(
-        self, raws: list[RawMessage], parsed: ParsedBatch, parse_seconds: float
-    ) -> BatchReport:
+    def write(self, messages: int, parsed: ParsedBatch, parse_seconds: float) -> BatchReport:
         """Stage 2: DLQ, shard writes, written records; returns once all of it is durable."""
         began = time.monotonic()
         self.batch_number += 1
@@ -126,15 +125,9 @@ class BatchProcessor:
         )
         return BatchReport(
             self.batch_number,
-            len(raws),
+            messages,
             parsed,
             seconds,
             parse_seconds=parse_seconds,
             write_seconds=written_at - began,
         )
-
-    def process(self, raws: list[RawMessage]) -> BatchReport:
-        """Both stages, one after the other."""
-        began = time.monotonic()
-        parsed = self.parse(raws)
-        return self.write(raws, parsed, time.monotonic() - began)

@@ -85,3 +85,21 @@ def test_capacity_and_clear() -> None:
             await asyncio.wait_for(intake.take(1, within=0.01), 0.1)
 
     asyncio.run(run())
+
+
+def test_a_clear_during_the_wait_never_yields_an_empty_batch() -> None:
+    async def run() -> None:
+        intake = Intake("t", capacity=10)
+        intake.put(_messages(1)[0])
+
+        async def rebalance_then_refill() -> None:
+            await asyncio.sleep(0.02)
+            intake.clear()  # the message taken-to-be is dropped: fetched again by its owner
+            await asyncio.sleep(0.05)
+            intake.put(_messages(1, start=7)[0])
+
+        feeder = asyncio.ensure_future(rebalance_then_refill())
+        assert await intake.take(5, within=0.1) == _messages(1, start=7)
+        await feeder
+
+    asyncio.run(run())
