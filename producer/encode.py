@@ -19,7 +19,7 @@ import orjson
 from pydantic import ConfigDict, TypeAdapter
 
 from producer.source import Page
-from reindex_common.messages import SCHEMA_VERSION
+from reindex_common.messages import SCHEMA_VERSION, scorecard_key
 
 # orjson cannot write NaN or ±Infinity; pydantic writes them as the JSON constants.
 _EXACT_JSON = TypeAdapter(Any, config=ConfigDict(ser_json_inf_nan="constants"))
@@ -66,7 +66,7 @@ def page_messages(
     for position, ((customer, profile, scorecard), card, scores) in enumerate(
         zip(page.keys, page.cards, page.scores, strict=True)
     ):
-        key = f"{customer}\x1f{profile}\x1f{scorecard}".encode()  # = ScorecardMessage.key()
+        key = scorecard_key(customer, profile, scorecard)
         if position in page.non_finite:
             out.append((key, _with_constants(head, card, scores)))
         else:

@@ -78,8 +78,6 @@ def run_job(
     settings: Settings,
     request: ReindexRequest,
     options: JobOptions = JobOptions(),
-    *,
-    producer: ReliableProducer | None = None,
 ) -> JobCheckpoint:
     """Run (or resume) ``request``'s job to the end; return its final checkpoint."""
     ensure_topics(settings, reindexer_topics(settings))
@@ -96,10 +94,7 @@ def run_job(
                 request.job_id,
             )
             return previous
-    own_producer = producer is None
-    producer = producer or ReliableProducer(
-        settings, client_id=f"reindex-producer-{request.job_id}"
-    )
+    producer = ReliableProducer(settings, client_id=f"reindex-producer-{request.job_id}")
     job = _JobRun(settings, request, options, producer, previous)
     try:
         return job.run()
@@ -114,8 +109,7 @@ def run_job(
         job.record_failure(e)
         raise
     finally:
-        if own_producer:
-            producer.flush(10)
+        producer.flush(10)
 
 
 def run_and_report(settings: Settings, request: ReindexRequest, options: JobOptions) -> str:

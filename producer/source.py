@@ -213,8 +213,10 @@ class ScorecardSource:
             raise SourceUnavailableError(f"cannot read scorecards: {first_line(e)}") from e
 
     @staticmethod
-    def _with_scores(cards: list[tuple[Any, ...]], historic: psycopg.Connection[Any]) -> Page:
-        """The page of ``cards`` (not empty), with their scores read on ``historic``."""
+    def _with_scores(
+        cards: list[tuple[Any, ...]], cursor: PageCursor, historic: psycopg.Connection[Any]
+    ) -> Page:
+        """The page of ``cards`` (ending at ``cursor``), with their scores read on ``historic``."""
         keys = {"cust": [c[0] for c in cards], "prof": [c[1] for c in cards]}
         keys["card"] = [c[2] for c in cards]
         try:
@@ -234,15 +236,9 @@ class ScorecardSource:
             cards=[c[4] for c in cards],
             scores=scores,
             score_count=score_count,
-            cursor=_cursor_after(cards),
+            cursor=cursor,
             non_finite=frozenset(non_finite),
         )
-
-    def page(self, selection: Selection, after: PageCursor | None, size: int) -> Page | None:
-        """The next ``size`` scorecards after ``after`` with their scores; None when done."""
-        assert self._historic
-        cards = self._cards(selection, after, size)
-        return self._with_scores(cards, self._historic[0]) if cards else None
 
     def pages(self, selection: Selection, after: PageCursor | None, size: int) -> Iterator[Page]:
         """Every page after ``after``, in order; scores of several pages are read at once."""
@@ -251,10 +247,10 @@ class ScorecardSource:
         for conn in self._historic:
             free.put(conn)
 
-        def with_scores(cards: list[tuple[Any, ...]]) -> Page:
+        def with_scores(cards: list[tuple[Any, ...]], cursor: PageCursor) -> Page:
             conn = free.get()
             try:
-                return self._with_scores(cards, conn)
+                return self._with_scores(cards, cursor, conn)
             finally:
                 free.put(conn)
 
@@ -264,8 +260,8 @@ class ScorecardSource:
                 while True:
                     cards = self._cards(selection, after, size)
                     if cards:
-                        pending.append(pool.submit(with_scores, cards))
                         after = _cursor_after(cards)
+                        pending.append(pool.submit(with_scores, cards, after))
                     # Yield in order; keep at most one query per connection waiting.
                     while pending and (not cards or len(pending) > len(self._historic)):
                         yield pending.popleft().result()

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from reindex_common.kafka import ReliableProducer, read_topic
+from reindex_common.kafka import ReliableProducer, TopicTail
 from reindex_common.messages import ReindexRequest, UtcDatetime
 from reindex_common.settings import Settings
 
@@ -64,14 +64,15 @@ def write_checkpoint(
         producer.flush()
 
 
-def read_checkpoints(settings: Settings, timeout_s: float = 30.0) -> dict[str, JobCheckpoint]:
-    """The latest checkpoint of every job in the jobs topic (read to its end)."""
-    latest: dict[str, JobCheckpoint] = {}
-    for value in read_topic(settings, settings.jobs_topic, timeout_s):
-        cp = JobCheckpoint.model_validate_json(value)
-        latest[cp.job_id] = cp
-    return latest
-
-
-def read_checkpoint(settings: Settings, job_id: str) -> JobCheckpoint | None:
-    return read_checkpoints(settings).get(job_id)
+def read_checkpoint(
+    settings: Settings, job_id: str, timeout_s: float = 30.0
+) -> JobCheckpoint | None:
+    """The latest checkpoint of ``job_id`` (the jobs topic read to its end; other jobs skipped
+    by key, unparsed)."""
+    key = job_id.encode()
+    latest: bytes | None = None
+    with TopicTail(settings, settings.jobs_topic, timeout_s) as tail:
+        for record_key, value in tail.read_new():
+            if record_key == key:
+                latest = value
+    return None if latest is None else JobCheckpoint.model_validate_json(latest)

@@ -87,6 +87,11 @@ class ReindexRequest(_Message):
         return self
 
 
+def scorecard_key(customer_id: str, profile_id: str, scorecard_id: str) -> bytes:
+    """Kafka key of a scorecard's messages: all of them land on one partition."""
+    return f"{customer_id}\x1f{profile_id}\x1f{scorecard_id}".encode()
+
+
 class ScoreRecord(_Message):
     """One row of ``historic.scorecard_scores``, as Postgres has it."""
 
@@ -128,9 +133,8 @@ class ScorecardMessage(_Message):
     scores: tuple[ScoreRecord, ...]
 
     def key(self) -> bytes:
-        """Kafka key: all messages of one scorecard land on one partition."""
         s = self.scorecard
-        return f"{s.customer_id}\x1f{s.profile_id}\x1f{s.scorecard_id}".encode()
+        return scorecard_key(s.customer_id, s.profile_id, s.scorecard_id)
 
 
 # --- The consumer's view of a scorecard message -------------------------------------------------
