@@ -243,6 +243,8 @@ class TopicTail:
         self._consumer.close()
 
     def _assign_new_partitions(self) -> None:
+        if self._assigned:
+            return  # a topic's partitions are set when it is created (ensure_topics): no new ones
         metadata = self._consumer.list_topics(self._topic, timeout=self._timeout_s)
         found = metadata.topics.get(self._topic)
         if found is None or found.error is not None:
