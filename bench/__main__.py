@@ -35,6 +35,7 @@ from reindex_common.devstack import stack
 from reindex_common.errors import ReindexError
 from reindex_common.pg import init_source_schema
 from reindex_common.seed import SeedPlan, seed
+from reindex_common.selection import SELECTION
 from reindex_common.settings import Settings, load_settings
 
 TYPES = ["PROCESS", "CONVERSATION"]
@@ -111,14 +112,12 @@ class Proc:
 
 
 class Bench:
-    def __init__(
-        self, base: Settings, logs: Path, scorecards: int, start: datetime, end: datetime
-    ) -> None:
+    def __init__(self, base: Settings, logs: Path, start: datetime, end: datetime) -> None:
         self.base = base
         self.logs = logs
-        self.scorecards = scorecards
         self.start, self.end = start, end
         self.counter = 0
+        self.cards, self.scores = self._selected()  # the data does not change between runs
 
     def fresh(self, name: str) -> Settings:
         """Settings with a fresh ClickHouse database and topic prefix for one run."""
@@ -179,14 +178,14 @@ class Bench:
             time.sleep(0.2)
         return workers
 
-    def expected(self) -> tuple[int, int]:
+    def _selected(self) -> tuple[int, int]:
+        """Scorecards and scores in the selection (SPEC §2, both types)."""
         with psycopg.connect(self.base.director_dsn) as conn:
             row = conn.execute(
-                "SELECT count(DISTINCT s.scorecard_id || s.customer_id), count(h.criterion_id) "
-                "FROM director.scorecards s LEFT JOIN historic.scorecard_scores h "
-                "USING (customer_id, profile_id, scorecard_id) "
-                "WHERE s.created_at >= %s AND s.created_at < %s",
-                (self.start, self.end),
+                f"SELECT count(*), coalesce(sum((SELECT count(*) FROM historic.scorecard_scores h "
+                f"WHERE (h.customer_id, h.profile_id, h.scorecard_id) "
+                f"= (s.customer_id, s.profile_id, s.scorecard_id))), 0) {SELECTION}",
+                {"start": self.start, "end": self.end, "types": TYPES},
             ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1])
@@ -208,7 +207,7 @@ class Bench:
     def producer(self) -> Result:
         settings = self.fresh("producer")
         self._producer_settings = settings
-        cards, scores = self.expected()
+        cards, scores = self.cards, self.scores
         began = time.monotonic()
         p = Proc("producer", self.produce_args("bench-producer"), self.env(settings), self.logs)
         if p.wait() != 0:
@@ -222,7 +221,7 @@ class Bench:
         if settings is None:
             self.producer()
             settings = self._producer_settings
-        cards, scores = self.expected()
+        cards, scores = self.cards, self.scores
         began = time.monotonic()
         workers = self.start_workers(settings, count, f"drain{count}")
         joined = time.monotonic() - began
@@ -241,7 +240,7 @@ class Bench:
 
     def pipeline(self, count: int) -> Result:
         settings = self.fresh(f"pipeline{count}")
-        cards, scores = self.expected()
+        cards, scores = self.cards, self.scores
         workers = self.start_workers(settings, count, f"pipe{count}")
         began = time.monotonic()
         job = f"bench-pipeline{count}"
@@ -256,7 +255,7 @@ class Bench:
 
     def engine(self) -> Result:
         settings = self.fresh("engine")
-        cards, scores = self.expected()
+        cards, scores = self.cards, self.scores
         began = time.monotonic()
         run_engine_copy(settings, self.start, self.end, TYPES)
         return Result("engine limit (chdb reads Postgres)", time.monotonic() - began, cards, scores)
@@ -322,8 +321,8 @@ def main() -> int:
         plan = SeedPlan(args.scorecards, seed=7, mean_scores=args.mean_scores)
         began = time.monotonic()
         seed(dsn, dsn, plan)
-        bench = Bench(settings, logs, args.scorecards, plan.start, plan.end)
-        cards, scores = bench.expected()
+        bench = Bench(settings, logs, plan.start, plan.end)
+        cards, scores = bench.cards, bench.scores
         say(
             f"dataset: {cards:,} scorecards, {scores:,} scores "
             f"(seeded in {time.monotonic() - began:.1f} s); {os.cpu_count()} cores"
