@@ -39,6 +39,7 @@ class ProgressView:
         self._unit = unit
         self._every_s = every_s
         self._done = 0
+        self._resumed_at = 0  # done before this run (a resumed job): not part of this run's rate
         self._began = time.monotonic()
         self._last_log = self._began
         self._want_bar = bar
@@ -75,11 +76,11 @@ class ProgressView:
     @property
     def rate(self) -> float:
         elapsed = time.monotonic() - self._began
-        return self._done / elapsed if elapsed > 0 else 0.0
+        return (self._done - self._resumed_at) / elapsed if elapsed > 0 else 0.0
 
     def advance(self, count: int, start_at: int | None = None) -> None:
         if start_at is not None:
-            self._done = start_at
+            self._done = self._resumed_at = start_at
         self._done += count
         if self._bar is not None:
             self._bar.update(

@@ -22,6 +22,7 @@ from reindex_common.messages import (
     ScorecardRecord,
     ScoreRecord,
 )
+from reindex_common.progress import ProgressView
 from reindex_common.settings import Settings
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -170,3 +171,11 @@ def test_a_request_without_job_id_gets_the_same_id_each_time_it_is_read() -> Non
 def test_postgres_writes_the_message_field_names_in_model_order() -> None:
     assert [name for name, _ in SCORECARD_JSON_FIELDS] == list(ScorecardRecord.model_fields)
     assert [name for name, _ in SCORE_JSON_FIELDS] == list(ScoreRecord.model_fields)
+
+
+def test_a_resumed_jobs_rate_counts_only_this_run() -> None:
+    view = ProgressView("publishing j", 1_000, bar=False)
+    view.advance(0, start_at=900)  # published by an earlier run
+    view.advance(10)
+    view._began -= 10.0  # ten seconds into this run
+    assert view.rate == pytest.approx(1.0, rel=0.01)
