@@ -34,7 +34,6 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from producer.job import JobInterrupted, JobOptions, run_job
 from reindex_common.errors import BadInputError, KafkaError, ReindexError
-from reindex_common.jobs import JobCheckpoint
 from reindex_common.kafka import ReliableProducer, ensure_topics, reindexer_topics
 from reindex_common.messages import ReindexRequest, dlq_message, dump, parse_request
 from reindex_common.settings import Settings
@@ -162,7 +161,7 @@ class RequestService:
         delay = self.options.backoff_s
         while not self.stopping:
             try:
-                result = run_job(self.settings, request, options)
+                run_job(self.settings, request, options)  # it logs the job's end
             except JobInterrupted:
                 return False
             except BadInputError as e:  # e.g. the job id exists with another range
@@ -177,21 +176,8 @@ class RequestService:
                 self._wait(consumer, delay)
                 delay = min(delay * 2, self.options.max_backoff_s)
                 continue
-            self._log_done(result)
             return True
         return False
-
-    def _log_done(self, result: JobCheckpoint) -> None:
-        took = ""
-        if result.finished_at is not None:
-            took = f" in {(result.finished_at - result.started_at).total_seconds():.1f} s"
-        log.info(
-            "job %s finished: %s scorecards and %s scores published%s",
-            result.job_id,
-            f"{result.published_scorecards:,}",
-            f"{result.published_scores:,}",
-            took,
-        )
 
     def _reject(self, consumer: Consumer, message: Message, reason: str) -> bool:
         """Send ``message`` to the DLQ with ``reason``; True once the broker has it."""

@@ -725,7 +725,7 @@ def test_serve_runs_raw_json_requests_and_sends_invalid_ones_to_the_dlq(
     assert len(set(derived)) == 1
     assert derived[0].startswith("request-0-4-")
     assert len(derived) == len(selection(settings.director_dsn, middle, plan.end, ["PROCESS"]))
-    for line in ("request " + settings.requests_topic + "[0]@2", "job backfill-2026-03 finished"):
+    for line in ("request " + settings.requests_topic + "[0]@2", "job backfill-2026-03 done:"):
         assert line in text
 
 
