@@ -132,8 +132,7 @@ class Bench:
         )
 
     def env(self, settings: Settings) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REINDEX_")}
-        return env | settings.to_env()
+        return settings.child_env()
 
     def produce_args(self, job_id: str) -> list[str]:
         return [

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -91,8 +90,7 @@ class _Workers:
     """The demo's consumer workers: ``reindex consume`` processes with logs under the stack."""
 
     def __init__(self, settings: Settings, count: int, logs: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REINDEX_")}
-        env |= settings.to_env()
+        env = settings.child_env()
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs = [logs / f"demo-worker-{i + 1}.log" for i in range(count)]
         for i, log in enumerate(self.logs):

@@ -8,6 +8,7 @@ line or status output shows them; :meth:`Settings.describe` gives a masked view 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -163,6 +164,12 @@ class Settings(BaseSettings):
         values = {name: getattr(self, name) for name in type(self).model_fields}
         values.update(changes)
         return type(self)(**values)
+
+    def child_env(self) -> dict[str, str]:
+        """The environment for a child ``reindex`` process that must see exactly these settings:
+        this process's environment without its ``REINDEX_*`` variables, plus :meth:`to_env`."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REINDEX_")}
+        return env | self.to_env()
 
     def to_env(self) -> dict[str, str]:
         """``REINDEX_*`` variables that reproduce these settings in a child process."""

@@ -210,8 +210,7 @@ def run_reindex(
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment a subprocess (``reindex ...``) needs to see exactly ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REINDEX_")}
-    return env | settings.to_env()
+    return settings.child_env()
 
 
 @pytest.fixture

@@ -71,3 +71,13 @@ def test_invalid_settings_are_one_clear_error(
 def test_mask_url_leaves_urls_without_password_alone() -> None:
     assert mask_url("postgresql://postgres@h:5432/db") == "postgresql://postgres@h:5432/db"
     assert mask_url("http://u:pw@h") == "http://u:***@h"
+
+
+def test_a_child_sees_exactly_these_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REINDEX_TOPIC_PREFIX", "parent-")
+    monkeypatch.setenv("REINDEX_HISTORIC_PG_DSN", "postgresql://parent/historic")
+    monkeypatch.setenv("UNRELATED", "kept")
+    env = Settings(topic_prefix="child-", historic_pg_dsn=None).child_env()
+    assert env["REINDEX_TOPIC_PREFIX"] == "child-"
+    assert "REINDEX_HISTORIC_PG_DSN" not in env  # not the parent's: unset means the default
+    assert env["UNRELATED"] == "kept"
