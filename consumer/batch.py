@@ -57,6 +57,7 @@ class RawMessage:
 class Rejected:
     raw: KafkaRecord
     reason: str
+    job_id: str | None = None  # the job the message belongs to, when it could be read
 
 
 @dataclass

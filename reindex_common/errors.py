@@ -3,6 +3,10 @@
 Driver errors (psycopg, confluent-kafka, clickhouse-connect) are wrapped where they enter our code,
 with the driver's error as ``__cause__``; the CLI catches only :class:`ReindexError` and prints its
 one-line message.
+
+Exit codes (SPEC §7), the same for every command: 0 done and clean; 1 error (:class:`ReindexError`);
+2 bad input (:class:`BadInputError`, :class:`ConfigError`); 3 done but not clean
+(:class:`NotCleanError`); 4 gave up waiting (:class:`GaveUpWaitingError`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,19 @@ class ShardWriteError(ReindexError):
         self.shard = shard
         self.retryable = retryable
         self.code = code
+
+
+class NotCleanError(ReindexError):
+    """Done, but not clean (SPEC §7): differences left after ``verify``/``repair``, or a job
+    complete with dead-lettered scorecards."""
+
+    exit_code = 3
+
+
+class GaveUpWaitingError(ReindexError):
+    """``--wait`` reached its timeout before the job was complete."""
+
+    exit_code = 4
 
 
 class DevStackError(ReindexError):

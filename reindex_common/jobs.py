@@ -18,7 +18,9 @@ from reindex_common.kafka import ReliableProducer, TopicTail
 from reindex_common.messages import ReindexRequest, UtcDatetime
 from reindex_common.settings import Settings
 
-JobState = Literal["running", "done", "failed"]
+# requested: a request exists, no producer started it; running; done: all published;
+# failed (``error`` says why); cancelled (``reindex jobs cancel``). SPEC §7.
+JobState = Literal["requested", "running", "done", "failed", "cancelled"]
 
 
 class PageCursor(BaseModel):

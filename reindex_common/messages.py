@@ -33,6 +33,10 @@ from reindex_common.settings import ScorecardType
 
 SCHEMA_VERSION: Literal[1] = 1
 
+# Job ids (SPEC §7): letters, digits and ``._:-``, 1 to 200 characters. Nothing else, so that a
+# job id can never forge a log line or a terminal escape.
+JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
+
 
 def as_utc(value: datetime) -> datetime:
     """A time without a zone is UTC (SPEC §5); every other time is converted to UTC."""
@@ -66,7 +70,7 @@ class ReindexRequest(_Message):
     """A request to reindex ``[start, end)``; only ``start`` and ``end`` are required."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    job_id: str = Field(default_factory=new_job_id, min_length=1, max_length=200)
+    job_id: str = Field(default_factory=new_job_id, pattern=JOB_ID_PATTERN)
     start: UtcDatetime
     end: UtcDatetime
     scorecard_types: tuple[ScorecardType, ...] = ("PROCESS",)
@@ -205,6 +209,12 @@ class DlqMessage(_Message):
     original_value: str | None = Field(description="the original bytes as text, when UTF-8")
     failed_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
     service: str
+    # The job the message belonged to, when it could be read from it (``dlq list --job``).
+    job_id: str | None = None
+    # Bounded envelopes (REINDEX_MAX_MESSAGE_BYTES): the original's size, and whether only a
+    # prefix of it is kept.
+    original_size: int | None = None
+    truncated: bool = False
 
 
 def describe_validation_error(error: ValidationError) -> str:

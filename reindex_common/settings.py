@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_ca_location: str | None = None
 
+    # --- Size: one limit for the producer, the topics we create and the consumers' fetches ---
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=1_000_000_000)
+
     # --- Topics --------------------------------------------------------------------------------
     topic_partitions: int = Field(12, ge=1)
     topic_replication: int = Field(1, ge=1)
