@@ -407,6 +407,86 @@ def verify(start: str, end: str, types: str | None, mode: str | None, bucket: st
         raise ReindexError("verification failed: reindex the buckets listed above")
 
 
+# --- repair ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--start", required=True, help="Start of the range (ISO 8601, inclusive).")
+@click.option("--end", required=True, help="End of the range (ISO 8601, exclusive).")
+@click.option("--types", help="Scorecard types, comma-separated: PROCESS,CONVERSATION.")
+@click.option(
+    "--mode",
+    type=click.Choice(["process", "conversation", "all"]),
+    help="Shorthand for --types (default: REINDEX_MODE).",
+)
+@click.option(
+    "--bucket",
+    type=click.Choice(["day", "hour"]),
+    default="day",
+    show_default=True,
+    help="Verify and mend per day or per hour of created_at.",
+)
+@click.option(
+    "--max-rounds",
+    type=int,
+    default=3,
+    show_default=True,
+    callback=_positive,
+    help="Mend and verify again at most this many times.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="How long to wait, in all, for the consumers to write the repair jobs.",
+)
+def repair(
+    start: str,
+    end: str,
+    types: str | None,
+    mode: str | None,
+    bucket: str,
+    max_rounds: int,
+    timeout: float,
+) -> None:
+    """Verify a range and mend exactly the buckets that differ (consumers must be running).
+
+    Per differing bucket: delete rows of scorecards Postgres no longer has and rows on the wrong
+    shard, rewrite the bucket with clean-up, wait, verify again (narrowing a day to its hours).
+    Exit 0 when the whole range matches, 3 when differences are left.
+
+    Example: reindex repair --start 2026-03-01 --end 2026-03-08 --mode all
+    """
+    from reindex.repair import repair as run_repair  # noqa: PLC0415
+    from reindex_common.errors import NotCleanError  # noqa: PLC0415
+
+    settings = _settings()
+    request = build_request(
+        settings,
+        start=start,
+        end=end,
+        types=types,
+        mode=mode,
+        batch_size=None,
+        clean_up=True,
+        job_id="repair",
+    )
+    report = run_repair(
+        settings,
+        request.start,
+        request.end,
+        request.scorecard_types,
+        "hour" if bucket == "hour" else "day",
+        max_rounds=max_rounds,
+        timeout_s=timeout,
+        say=lambda line: click.echo(line, err=True),
+    )
+    click.echo(report.describe())
+    if not report.ok:
+        raise NotCleanError(f"{len(report.left)} bucket(s) still differ after repair")
+
+
 # --- demo --------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,176 @@
+"""``reindex repair`` mends four kinds of damage at once; ``verify`` sees stray score rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fix_pipeline import _utc, expected_rows, reindex, shard_rows, workers
+
+from producer.job import JobOptions, run_job
+from reindex_common.clickhouse import shard_client
+from reindex_common.messages import ReindexRequest
+from reindex_common.routing import shard_for
+from reindex_common.schema import SCORE_COLUMNS, SCORECARD_COLUMNS
+from reindex_common.seed import SeedPlan, seed
+from reindex_common.settings import Settings
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+END = START + timedelta(days=3)  # the repaired range
+ALL_END = START + timedelta(days=4)  # what the first job wrote: one day more than the range
+RANGE = ("--start", START.isoformat(), "--end", END.isoformat(), "--mode", "process")
+CARD_COLS = ", ".join(SCORECARD_COLUMNS)
+SCORE_COLS = ", ".join(SCORE_COLUMNS)
+KEY = "customer_id = {c:String} AND profile_id = {p:String} AND scorecard_id = {s:String}"
+
+
+def _write_all(settings: Settings) -> None:
+    request = ReindexRequest(
+        job_id="all",
+        start=START,
+        end=ALL_END,
+        scorecard_types=("PROCESS", "CONVERSATION"),
+        clean_up=True,
+    )
+    run_job(settings, request, JobOptions(show_progress=False))
+    done = reindex(settings, "status", "all", "--wait", "--timeout", "300")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _cards(settings: Settings, index: int, where: str, **params: Any) -> list[list[Any]]:
+    """Scorecard rows (all columns, FINAL) of shard ``index`` matching ``where``, by key."""
+    with shard_client(settings.shards[index], database=settings.clickhouse_database) as c:
+        rows = c.query(
+            f"SELECT {CARD_COLS} FROM scorecards FINAL WHERE {where} "
+            "ORDER BY customer_id, profile_id, scorecard_id",
+            parameters=params,
+        ).result_rows
+    return [list(r) for r in rows]
+
+
+def _scores_of(settings: Settings, index: int, card: list[Any]) -> list[list[Any]]:
+    with shard_client(settings.shards[index], database=settings.clickhouse_database) as c:
+        rows = c.query(
+            f"SELECT {SCORE_COLS} FROM scorecard_scores FINAL WHERE {KEY} ORDER BY criterion_id",
+            parameters={"c": card[0], "p": card[1], "s": card[2]},
+        ).result_rows
+    return [list(r) for r in rows]
+
+
+def _insert(settings: Settings, index: int, table: str, rows: list[list[Any]]) -> None:
+    columns = SCORECARD_COLUMNS if table == "scorecards" else SCORE_COLUMNS
+    with shard_client(settings.shards[index], database=settings.clickhouse_database) as c:
+        c.insert(table, rows, column_names=list(columns))
+
+
+def _in_range(kind: str, start: datetime = START, end: datetime = END) -> str:
+    return (
+        f"scorecard_type = '{kind}' AND created_at >= '{start:%Y-%m-%d %H:%M:%S}' "
+        f"AND created_at < '{end:%Y-%m-%d %H:%M:%S}'"
+    )
+
+
+def _with_scores(settings: Settings, index: int, where: str) -> list[list[Any]]:
+    """Scorecard rows of shard ``index`` matching ``where`` that have at least two scores."""
+    return [c for c in _cards(settings, index, where) if len(_scores_of(settings, index, c)) >= 2]
+
+
+def _card_tuple(row: list[Any]) -> tuple[Any, ...]:
+    return tuple(map(_utc, row[: len(SCORECARD_COLUMNS) - 2]))
+
+
+def test_repair_mends_four_kinds_of_damage_and_nothing_else(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    settings = pipeline_settings
+    dsn = settings.director_dsn
+    seed(dsn, dsn, SeedPlan(240, seed=12, start=START, days=4))
+    with workers(settings, tmp_path, "w1"):
+        _write_all(settings)
+        assert reindex(settings, "verify", *RANGE).returncode == 0
+
+        process = _with_scores(settings, 0, _in_range("PROCESS"))
+        assert len(process) >= 4, "too few PROCESS scorecards with scores on shard 0"
+        # 1. A lost score row.
+        lost = process[0]
+        lost_score = _scores_of(settings, 0, lost)[0]
+        with shard_client(settings.shards[0], database=settings.clickhouse_database) as c:
+            c.command(
+                f"DELETE FROM scorecard_scores WHERE {KEY} AND criterion_id = {{k:String}}",
+                parameters={"c": lost[0], "p": lost[1], "s": lost[2], "k": lost_score[3]},
+            )
+        # 2. A newer, wrong version of a scorecard (it wins under FINAL).
+        newer = list(process[1])
+        newer[SCORECARD_COLUMNS.index("score")] = 987654.0
+        newer[SCORECARD_COLUMNS.index("updated_at")] += timedelta(days=30)
+        _insert(settings, 0, "scorecards", [newer])
+        # 3. A scorecard and its scores that Postgres does not have (on the right shard).
+        ghost = list(process[2])
+        ghost[2] = "ghost-scorecard"
+        ghost_scores = [
+            [*s[:2], "ghost-scorecard", *s[3:]] for s in _scores_of(settings, 0, process[2])
+        ]
+        _insert(settings, 0, "scorecards", [ghost])
+        _insert(settings, 0, "scorecard_scores", ghost_scores)
+        # 4. A scorecard copied, with its scores, onto the wrong shard.
+        copied = process[3]
+        assert shard_for(str(copied[0]), 2) == 0
+        _insert(settings, 1, "scorecards", [copied])
+        _insert(settings, 1, "scorecard_scores", _scores_of(settings, 0, copied))
+
+        # Damage repair must not mend: outside the range, and of another type inside it.
+        outside = list(_cards(settings, 0, _in_range("PROCESS", END, ALL_END))[0])
+        outside[SCORECARD_COLUMNS.index("score")] = -1.0
+        outside[SCORECARD_COLUMNS.index("updated_at")] += timedelta(days=30)
+        _insert(settings, 0, "scorecards", [outside])
+        other_type = list(_cards(settings, 0, _in_range("CONVERSATION"))[0])
+        other_type[SCORECARD_COLUMNS.index("score")] = -2.0
+        other_type[SCORECARD_COLUMNS.index("updated_at")] += timedelta(days=30)
+        _insert(settings, 0, "scorecards", [other_type])
+
+        before = reindex(settings, "verify", *RANGE)
+        assert before.returncode != 0, before.stdout
+
+        result = reindex(settings, "repair", *RANGE, "--timeout", "300", timeout=600)
+        out = result.stdout
+        assert result.returncode == 0, out + result.stderr
+        assert "the whole range now matches Postgres" in out
+        assert "deleted 1 scorecards Postgres does not have" in out
+        assert "1 scorecard rows and" in out  # the wrong-shard copy
+        assert reindex(settings, "verify", *RANGE).returncode == 0
+
+    # Every row equals Postgres (FINAL), except the two rows repair had to leave alone.
+    cards, scores = expected_rows(dsn, START, ALL_END, ("PROCESS", "CONVERSATION"))
+    untouched = {_card_tuple(outside), _card_tuple(other_type)}
+    replaced = {c for c in cards if c[:3] in {u[:3] for u in untouched}}
+    assert len(replaced) == 2
+    cards = (cards - replaced) | untouched
+    for index, (got_cards, got_scores) in enumerate(shard_rows(settings)):
+        want_cards = {c for c in cards if shard_for(c[0], 2) == index}
+        want_scores = {s for s in scores if shard_for(s[0], 2) == index}
+        assert sorted(got_cards) == sorted(want_cards), f"shard {index}: scorecards differ"
+        assert sorted(got_scores) == sorted(want_scores), f"shard {index}: scores differ"
+
+
+def test_verify_sees_a_stray_score_row_on_the_wrong_shard(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    settings = pipeline_settings
+    dsn = settings.director_dsn
+    seed(dsn, dsn, SeedPlan(60, seed=13, start=START, days=3))
+    with workers(settings, tmp_path, "w1"):
+        _write_all(settings)
+    ok = reindex(settings, "verify", *RANGE)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    card = _with_scores(settings, 0, _in_range("PROCESS"))[0]
+    stray = _scores_of(settings, 0, card)[0]
+    _insert(settings, 1, "scorecard_scores", [stray])  # no scorecard row of it on shard 1
+    day = card[SCORECARD_COLUMNS.index("created_at")].strftime("%Y-%m-%dT00:00:00+00:00")
+
+    result = reindex(settings, "verify", *RANGE)
+    assert result.returncode != 0, result.stdout
+    line = next(x for x in result.stdout.splitlines() if x.startswith(day))
+    assert line.split()[-1] == "1", line  # the wrong-shard column
+    assert "ok" in line.split()[-3:-1], line  # the rows of the right shard still match
