@@ -407,6 +407,32 @@ def verify(start: str, end: str, types: str | None, mode: str | None, bucket: st
         raise ReindexError("verification failed: reindex the buckets listed above")
 
 
+# --- check -------------------------------------------------------------------------------------
+
+
+@cli.command()
+def check() -> None:
+    """Check every configured service, the consumer group and the effective settings.
+
+    One line per check: both Postgres DSNs (source tables readable), Kafka (the topics and their
+    partitions), every shard (database, tables, columns, engine), the consumer group (live
+    members, messages behind); then each setting, masked, with where it came from. Exit 0 only
+    when every check passes, 1 otherwise.
+    """
+    from reindex.check import effective_settings, run_checks  # noqa: PLC0415
+
+    settings = _settings()
+    checks = run_checks(settings)
+    for one in checks:
+        click.echo(one.line())
+    for setting in effective_settings(settings):
+        click.echo(setting.line())
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        names = ", ".join(dict.fromkeys(c.name for c in failed))
+        raise ReindexError(f"{len(failed)} of {len(checks)} checks failed: {names}")
+
+
 # --- repair ------------------------------------------------------------------------------------
 
 
