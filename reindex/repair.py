@@ -97,6 +97,7 @@ class BucketMend:
     found: BucketResult
     gone: int = 0  # scorecards Postgres does not have: their rows deleted
     elsewhere: int = 0  # scorecard rows of scorecards Postgres has in another bucket or type
+    elsewhere_at: list[datetime] = field(default_factory=list)  # where Postgres has those
     wrong_shard: int = 0  # scorecard rows deleted from a shard not their own
     stray_scores: int = 0  # score rows deleted from a shard not their own (scorecard elsewhere)
     job_id: str = ""
@@ -119,6 +120,13 @@ class BucketMend:
             f"{self.stray_scores:,} score rows on the wrong shard; job {self.job_id} rewrote "
             f"{self.published:,} scorecards with {self.published_scores:,} scores (clean-up)"
         )
+        if self.elsewhere_at:
+            times = sorted({t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in self.elsewhere_at})
+            shown = ", ".join(times[:5]) + (", ..." if len(times) > 5 else "")
+            did += (
+                f"\n    note: Postgres has those {self.elsewhere:,} scorecards at other times or "
+                f"types (created_at {shown}): verify there too"
+            )
         after = (
             "now matches"
             if not self.still_differing
@@ -262,6 +270,7 @@ def _delete_extra(settings: Settings, mend: BucketMend, types: Sequence[str]) ->
                 scores[index].append(key)
             elif not (mend.start <= source[0] < mend.end and source[1] in types):
                 mend.elsewhere += 1
+                mend.elsewhere_at.append(source[0])
                 cards[index].append(key)
     for stray in stray_scores(settings, mend.start, mend.end, types):
         mend.stray_scores += stray.rows
