@@ -42,7 +42,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from producer.job import JobOptions, run_job
 from reindex.status import wait_for_job
-from reindex.verify import Bucket, BucketResult, Key, stray_scores, verify
+from reindex.verify import Bucket, BucketResult, Key, StrayScores, stray_scores, verify
 from reindex_common.clickhouse import shard_client, wrap_error
 from reindex_common.errors import GaveUpWaitingError, SourceUnavailableError
 from reindex_common.messages import ReindexRequest
@@ -197,9 +197,11 @@ def repair(
         if not targets:
             break
         mends = []
+        # One scan of the shards' score keys per round, not one per bucket.
+        strays = stray_scores(settings, targets[0][0], targets[-1][1], types)
         for lo, hi, found in targets:
             mend = BucketMend(lo, hi, found)
-            _delete_extra(settings, mend, types)
+            _delete_extra(settings, mend, types, [s for s in strays if lo <= s.created_at < hi])
             _rewrite(settings, mend, types, f"repair-{stamp}-r{number}-{lo:%Y%m%dT%H%M}")
             say(f"round {number}: {mend.describe().splitlines()[1].strip()}")
             mends.append(mend)
@@ -241,7 +243,9 @@ def _rewrite(settings: Settings, mend: BucketMend, types: Sequence[str], job_id:
     mend.published_scores = result.published_scores
 
 
-def _delete_extra(settings: Settings, mend: BucketMend, types: Sequence[str]) -> None:
+def _delete_extra(
+    settings: Settings, mend: BucketMend, types: Sequence[str], strays: list[StrayScores]
+) -> None:
     """Step 2a-b: delete what no job can overwrite (see the module docstring)."""
     count = len(settings.shards)
     held: dict[int, list[Key]] = {}
@@ -272,7 +276,7 @@ def _delete_extra(settings: Settings, mend: BucketMend, types: Sequence[str]) ->
                 mend.elsewhere += 1
                 mend.elsewhere_at.append(source[0])
                 cards[index].append(key)
-    for stray in stray_scores(settings, mend.start, mend.end, types):
+    for stray in strays:
         mend.stray_scores += stray.rows
         scores[stray.shard].append(stray.key)
     for shard in settings.shards:

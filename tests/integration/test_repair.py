@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,22 @@ def _with_scores(settings: Settings, index: int, where: str) -> list[list[Any]]:
     return [c for c in _cards(settings, index, where) if len(_scores_of(settings, index, c)) >= 2]
 
 
+_DID = re.compile(
+    r"deleted (?P<gone>\d+) scorecards Postgres does not have, (?P<elsewhere>\d+) scorecard rows "
+    r"Postgres has elsewhere, (?P<wrong_cards>\d+) scorecard rows and (?P<wrong_scores>\d+) "
+    r"score rows on the wrong shard"
+)
+
+
+def _did(out: str) -> dict[str, int]:
+    """What repair says it deleted, summed over its buckets."""
+    total: dict[str, int] = {}
+    for match in _DID.finditer(out):
+        for name, value in match.groupdict().items():
+            total[name] = total.get(name, 0) + int(value)
+    return total
+
+
 def _card_tuple(row: list[Any]) -> tuple[Any, ...]:
     return tuple(map(_utc, row[: len(SCORECARD_COLUMNS) - 2]))
 
@@ -91,7 +108,7 @@ def test_repair_mends_four_kinds_of_damage_and_nothing_else(
         assert reindex(settings, "verify", *RANGE).returncode == 0
 
         process = _with_scores(settings, 0, _in_range("PROCESS"))
-        assert len(process) >= 4, "too few PROCESS scorecards with scores on shard 0"
+        assert len(process) >= 5, "too few PROCESS scorecards with scores on shard 0"
         # 1. A lost score row.
         lost = process[0]
         lost_score = _scores_of(settings, 0, lost)[0]
@@ -118,6 +135,9 @@ def test_repair_mends_four_kinds_of_damage_and_nothing_else(
         assert shard_for(str(copied[0]), 2) == 0
         _insert(settings, 1, "scorecards", [copied])
         _insert(settings, 1, "scorecard_scores", _scores_of(settings, 0, copied))
+
+        # ... and a score row of another scorecard alone on the wrong shard (no scorecard row).
+        _insert(settings, 1, "scorecard_scores", _scores_of(settings, 0, process[4])[:1])
 
         # 5. A newer scorecard row in the range whose scorecard Postgres has outside it: repair
         # deletes that row, and the row of the right version, outside the range, shows again.
@@ -146,9 +166,8 @@ def test_repair_mends_four_kinds_of_damage_and_nothing_else(
         out = result.stdout
         assert result.returncode == 0, out + result.stderr
         assert "the whole range now matches Postgres" in out
-        assert "deleted 1 scorecards Postgres does not have" in out
-        assert "1 scorecard rows and" in out  # the wrong-shard copy
-        assert "1 scorecard rows Postgres has elsewhere" in out
+        did = _did(out)
+        assert did == {"gone": 1, "elsewhere": 1, "wrong_cards": 1, "wrong_scores": 1}, out
         moved_at = later[1][SCORECARD_COLUMNS.index("created_at")]
         assert "Postgres has those 1 scorecards at other times" in out
         assert f"{moved_at:%Y-%m-%dT%H:%M:%S}Z): verify there too" in out
@@ -175,3 +194,35 @@ def test_repair_mends_four_kinds_of_damage_and_nothing_else(
         got = sorted(c for c in got_cards if c[:3] != moved_key)
         assert got == sorted(want_cards), f"shard {index}: scorecards differ"
         assert sorted(got_scores) == sorted(want_scores), f"shard {index}: scores differ"
+
+
+def test_repair_gives_up_waiting_without_consumers(pipeline_settings: Settings) -> None:
+    settings = pipeline_settings
+    dsn = settings.director_dsn
+    seed(dsn, dsn, SeedPlan(20, seed=14, start=START, days=3))
+    result = reindex(settings, "repair", *RANGE, "--timeout", "3")
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "not fully written after 3 s" in result.stderr.splitlines()[-1]
+
+
+def test_verify_sees_a_stray_score_row_on_the_wrong_shard(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    settings = pipeline_settings
+    dsn = settings.director_dsn
+    seed(dsn, dsn, SeedPlan(60, seed=13, start=START, days=3))
+    with workers(settings, tmp_path, "w1"):
+        _write_all(settings)
+    ok = reindex(settings, "verify", *RANGE)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    card = _with_scores(settings, 0, _in_range("PROCESS"))[0]
+    stray = _scores_of(settings, 0, card)[0]
+    _insert(settings, 1, "scorecard_scores", [stray])  # no scorecard row of it on shard 1
+    day = card[SCORECARD_COLUMNS.index("created_at")].strftime("%Y-%m-%dT00:00:00+00:00")
+
+    result = reindex(settings, "verify", *RANGE)
+    assert result.returncode != 0, result.stdout
+    line = next(x for x in result.stdout.splitlines() if x.startswith(day))
+    assert line.split()[-1] == "1", line  # the wrong-shard column
+    assert "ok" in line.split()[-3:-1], line  # the rows of the right shard still match
