@@ -162,7 +162,9 @@ class RepairReport:
         for number, mends in enumerate(self.rounds, 1):
             lines.append(f"round {number}: {len(mends)} bucket(s)")
             lines += [f"  {m.describe()}" for m in mends]
-        if self.ok:
+        if self.ok and not self.rounds:
+            lines.append("the whole range matches Postgres: nothing to repair")
+        elif self.ok:
             lines.append(f"the whole range now matches Postgres ({len(self.rounds)} round(s))")
         else:
             left = ", ".join(f"[{a.isoformat()}, {b.isoformat()})" for a, b in self.left)

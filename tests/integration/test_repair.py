@@ -205,6 +205,61 @@ def test_repair_gives_up_waiting_without_consumers(pipeline_settings: Settings) 
     assert "not fully written after 3 s" in result.stderr.splitlines()[-1]
 
 
+def test_repair_deletes_a_bucket_postgres_no_longer_has_and_keeps_other_rows(
+    pipeline_settings: Settings,
+) -> None:
+    """Postgres holds nothing in the range: the repair job publishes nothing (no consumer is
+    needed), and repair deletes the orphan rows but not a row outside the range."""
+    settings = pipeline_settings
+    index = shard_for("acme-corp", 2)
+    inside = START + timedelta(hours=5, microseconds=7)
+    later = END + timedelta(hours=1)
+    card = dict.fromkeys(SCORECARD_COLUMNS, None) | {
+        "customer_id": "acme-corp",
+        "profile_id": "p",
+        "scorecard_id": "orphan",
+        "template_id": "t",
+        "template_revision": "1",
+        "scorecard_type": "PROCESS",
+        "template_title": "T",
+        "created_at": inside,
+        "updated_at": inside,
+        "reindex_job_id": "old",
+        "reindexed_at": inside,
+    }
+    kept = card | {"scorecard_id": "outside", "created_at": later, "updated_at": later}
+    scores = [
+        dict.fromkeys(SCORE_COLUMNS, None)
+        | {k: card[k] for k in ("customer_id", "profile_id", "reindex_job_id", "reindexed_at")}
+        | {
+            "scorecard_id": c["scorecard_id"],
+            "criterion_id": "q1",
+            "scorecard_type": "PROCESS",
+            "is_process_scorecard": 1,
+            "not_applicable": 0,
+            "created_at": inside,
+            "updated_at": inside,
+        }
+        for c in (card, kept)
+    ]
+    _insert(settings, index, "scorecards", [list(r.values()) for r in (card, kept)])
+    _insert(settings, index, "scorecard_scores", [list(r.values()) for r in scores])
+    assert reindex(settings, "verify", *RANGE).returncode != 0
+
+    result = reindex(settings, "repair", *RANGE, "--timeout", "60")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _did(result.stdout)["gone"] == 1, result.stdout
+    assert "rewrote 0 scorecards" in result.stdout
+    with shard_client(settings.shards[index], database=settings.clickhouse_database) as c:
+        left = c.query("SELECT scorecard_id FROM scorecards FINAL").result_rows
+        left_scores = c.query("SELECT scorecard_id FROM scorecard_scores FINAL").result_rows
+    assert left == [("outside",)]
+    assert left_scores == [("outside",)]
+    again = reindex(settings, "repair", *RANGE)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing to repair" in again.stdout
+
+
 def test_verify_sees_a_stray_score_row_on_the_wrong_shard(
     pipeline_settings: Settings, tmp_path: Path
 ) -> None:
