@@ -18,7 +18,9 @@ In rounds, at most ``max_rounds``:
       what the owning shard holds for each selected scorecard and write it again from Postgres;
 
 3. wait until every job of the round is written, verify each repaired bucket again per hour, and
-   take the hours that still differ into the next round (a day narrows to its differing hours).
+   take the hours that still differ into the next round (a day narrows to its differing hours);
+   once every repaired bucket matches, verify the whole range once more (a delete can uncover an
+   older version of a row in another bucket) and take what differs into the next round.
 
 Every DELETE names the keys and the types, and deletes of scorecard rows also the bucket's
 ``created_at`` range: rows outside the range or of other types are never touched. The deletes
@@ -195,33 +197,55 @@ def repair(
     say(f"{len(targets)} of {len(first.buckets)} {bucket} buckets differ")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     deadline = time.monotonic() + timeout_s
-    for number in range(1, max_rounds + 1):
+    while targets and len(report.rounds) < max_rounds:
+        targets = _round(settings, report, targets, f"repair-{stamp}", deadline, say)
         if not targets:
-            break
-        mends = []
-        # One scan of the shards' score keys per round, not one per bucket.
-        strays = stray_scores(settings, targets[0][0], targets[-1][1], types)
-        for lo, hi, found in targets:
-            mend = BucketMend(lo, hi, found)
-            _delete_extra(settings, mend, types, [s for s in strays if lo <= s.created_at < hi])
-            _rewrite(settings, mend, types, f"repair-{stamp}-r{number}-{lo:%Y%m%dT%H%M}")
-            say(f"round {number}: {mend.describe().splitlines()[1].strip()}")
-            mends.append(mend)
-        report.rounds.append(mends)
-        for mend in mends:
-            left = max(1.0, deadline - time.monotonic())
-            status = wait_for_job(settings, mend.job_id, left, say=say)
-            if not status.complete:
-                raise GaveUpWaitingError(
-                    f"repair job {mend.job_id} not fully written after {timeout_s:.0f} s"
-                )
-        targets = []
-        for mend in mends:
-            again = verify(settings, mend.start, mend.end, types, "hour")
-            mend.still_differing = [b.start for b in again.differing]
-            targets += [(*_clip(b.start, SPAN["hour"], start, end), b) for b in again.differing]
+            # Each repaired bucket matches now; a delete may still have uncovered an older
+            # version of a row in another bucket: only the whole range tells.
+            whole = verify(settings, start, end, types, bucket)
+            targets = [(*_clip(b.start, SPAN[bucket], start, end), b) for b in whole.differing]
+            say(f"whole range: {len(targets)} of {len(whole.buckets)} {bucket} buckets differ")
     report.left = [(lo, hi) for lo, hi, _ in targets]
     return report
+
+
+Target = tuple[datetime, datetime, BucketResult]
+
+
+def _round(
+    settings: Settings,
+    report: RepairReport,
+    targets: list[Target],
+    job_prefix: str,
+    deadline: float,
+    say: Callable[[str], None],
+) -> list[Target]:
+    """One round over ``targets`` (sorted): mend, wait, verify per hour; return what differs."""
+    types = report.types
+    number = len(report.rounds) + 1
+    mends = []
+    # One scan of the shards' score keys per round, not one per bucket.
+    strays = stray_scores(settings, targets[0][0], targets[-1][1], types)
+    for lo, hi, found in targets:
+        mend = BucketMend(lo, hi, found)
+        _delete_extra(settings, mend, types, [s for s in strays if lo <= s.created_at < hi])
+        _rewrite(settings, mend, types, f"{job_prefix}-r{number}-{lo:%Y%m%dT%H%M}")
+        say(f"round {number}: {mend.describe().splitlines()[1].strip()}")
+        mends.append(mend)
+    report.rounds.append(mends)
+    for mend in mends:
+        status = wait_for_job(settings, mend.job_id, max(1.0, deadline - time.monotonic()), say=say)
+        if not status.complete:
+            raise GaveUpWaitingError(
+                f"repair job {mend.job_id} not fully written within --timeout: "
+                "are the consumers running?"
+            )
+    left: list[Target] = []
+    for mend in mends:
+        again = verify(settings, mend.start, mend.end, types, "hour")
+        mend.still_differing = [b.start for b in again.differing]
+        left += [(*_clip(b.start, SPAN["hour"], mend.start, mend.end), b) for b in again.differing]
+    return left
 
 
 def _clip(
