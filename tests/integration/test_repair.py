@@ -260,6 +260,50 @@ def test_repair_deletes_a_bucket_postgres_no_longer_has_and_keeps_other_rows(
     assert "nothing to repair" in again.stdout
 
 
+def test_repair_takes_a_second_round_for_an_older_version_a_delete_uncovers(
+    pipeline_settings: Settings,
+) -> None:
+    """Three versions of a scorecard Postgres does not have: the newest in day 1, an older one in
+    day 2, the oldest past the range. Deleting the newest uncovers the one in day 2 (merges are
+    kept from folding them): the whole-range check finds it and a second round deletes it."""
+    settings = pipeline_settings
+    index = shard_for("acme-corp", 2)
+    with shard_client(settings.shards[index], database=settings.clickhouse_database) as c:
+        # No merge may fold the versions together (a mutation, which DELETE is, still runs).
+        c.command(
+            "ALTER TABLE scorecards MODIFY SETTING max_bytes_to_merge_at_max_space_in_pool = 1, "
+            "max_bytes_to_merge_at_min_space_in_pool = 1"
+        )
+    base = dict.fromkeys(SCORECARD_COLUMNS, None) | {
+        "customer_id": "acme-corp",
+        "profile_id": "p",
+        "scorecard_id": "three-versions",
+        "template_id": "t",
+        "template_revision": "1",
+        "scorecard_type": "PROCESS",
+        "template_title": "T",
+        "reindex_job_id": "old",
+        "reindexed_at": START,
+    }
+    versions = [
+        (END + timedelta(hours=1), START),  # (created_at, updated_at): past the range
+        (START + timedelta(days=1, hours=2), START + timedelta(days=10)),  # day 2
+        (START + timedelta(hours=2), START + timedelta(days=20)),  # day 1, the newest
+    ]
+    for created, updated in versions:  # one part each
+        row = base | {"created_at": created, "updated_at": updated}
+        _insert(settings, index, "scorecards", [list(row.values())])
+
+    result = reindex(settings, "repair", *RANGE, "--timeout", "60")
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "round 2: 1 bucket(s)" in out, out
+    assert _did(out)["gone"] == 2, out
+    with shard_client(settings.shards[index], database=settings.clickhouse_database) as c:
+        left = c.query("SELECT created_at FROM scorecards FINAL").result_rows
+    assert [_utc(r[0]) for r in left] == [versions[0][0]]  # the row past the range is untouched
+
+
 def test_verify_sees_a_stray_score_row_on_the_wrong_shard(
     pipeline_settings: Settings, tmp_path: Path
 ) -> None:
