@@ -260,13 +260,10 @@ def test_repair_deletes_a_bucket_postgres_no_longer_has_and_keeps_other_rows(
     assert "nothing to repair" in again.stdout
 
 
-def test_repair_takes_a_second_round_for_an_older_version_a_delete_uncovers(
-    pipeline_settings: Settings,
-) -> None:
+def _three_versions(settings: Settings) -> tuple[int, list[tuple[datetime, datetime]]]:
     """Three versions of a scorecard Postgres does not have: the newest in day 1, an older one in
-    day 2, the oldest past the range. Deleting the newest uncovers the one in day 2 (merges are
-    kept from folding them): the whole-range check finds it and a second round deletes it."""
-    settings = pipeline_settings
+    day 2, the oldest past the range; merges are kept from folding them. Returns the shard and
+    the (created_at, updated_at) of each version, oldest first."""
     index = shard_for("acme-corp", 2)
     with shard_client(settings.shards[index], database=settings.clickhouse_database) as c:
         # No merge may fold the versions together (a mutation, which DELETE is, still runs).
@@ -293,7 +290,16 @@ def test_repair_takes_a_second_round_for_an_older_version_a_delete_uncovers(
     for created, updated in versions:  # one part each
         row = base | {"created_at": created, "updated_at": updated}
         _insert(settings, index, "scorecards", [list(row.values())])
+    return index, versions
 
+
+def test_repair_takes_a_second_round_for_an_older_version_a_delete_uncovers(
+    pipeline_settings: Settings,
+) -> None:
+    """Deleting the newest of :func:`_three_versions` uncovers the one in day 2: the whole-range
+    check finds it and a second round deletes it."""
+    settings = pipeline_settings
+    index, versions = _three_versions(settings)
     result = reindex(settings, "repair", *RANGE, "--timeout", "60")
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
@@ -302,6 +308,18 @@ def test_repair_takes_a_second_round_for_an_older_version_a_delete_uncovers(
     with shard_client(settings.shards[index], database=settings.clickhouse_database) as c:
         left = c.query("SELECT created_at FROM scorecards FINAL").result_rows
     assert [_utc(r[0]) for r in left] == [versions[0][0]]  # the row past the range is untouched
+
+
+def test_repair_exits_3_when_its_rounds_run_out(pipeline_settings: Settings) -> None:
+    settings = pipeline_settings
+    _three_versions(settings)
+    result = reindex(settings, "repair", *RANGE, "--max-rounds", "1", "--timeout", "60")
+    assert result.returncode == 3, result.stdout + result.stderr
+    day2 = (START + timedelta(days=1)).isoformat()
+    assert f"1 bucket(s) still differ: [{day2}, " in result.stdout, result.stdout
+    assert result.stderr.splitlines()[-1] == (
+        "reindex: error: 1 bucket(s) still differ after repair"
+    ), result.stderr
 
 
 def test_verify_sees_a_stray_score_row_on_the_wrong_shard(
