@@ -480,7 +480,8 @@ def repair(
 
     Per differing bucket: delete rows of scorecards Postgres no longer has and rows on the wrong
     shard, rewrite the bucket with clean-up, wait, verify again (narrowing a day to its hours).
-    Exit 0 when the whole range matches, 3 when differences are left.
+    Exit 0 when the whole range matches, 3 when differences are left after --max-rounds,
+    4 when the consumers did not write the repair jobs within --timeout.
 
     Example: reindex repair --start 2026-03-01 --end 2026-03-08 --mode all
     """
