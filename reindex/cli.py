@@ -7,6 +7,7 @@ bad input). Usage errors become one line and exit 2. Anything else is a bug and 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -256,11 +257,13 @@ def produce(
 
 
 def _wait_and_verify(settings: Settings, job_id: str, timeout: float) -> None:
-    from reindex.status import wait_for_job  # noqa: PLC0415
+    from reindex.status import raise_for_outcome, wait_for_job  # noqa: PLC0415
 
     report = wait_for_job(settings, job_id, timeout, say=click.echo)
-    if not report.complete:
-        raise ReindexError(f"job {job_id} not fully written after {timeout:.0f} s")
+    if report is not None:
+        click.echo(report.describe())
+    raise_for_outcome(report, job_id, waited_s=timeout)  # failed 1, dead letters 3, timeout 4
+    assert report is not None
     req = report.checkpoint.request
     if not _run_verify(settings, req.start, req.end, req.scorecard_types, "day"):
         raise ReindexError("verification failed: reindex the buckets listed above")
@@ -327,15 +330,30 @@ def consume(worker_id: str | None, batch_size: int | None, metrics_port: int | N
     run_worker(settings, worker_id or default_worker_id(), "warn" if level == "warning" else level)
 
 
+def _output_option(command: Any) -> Any:
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="text for people; json: one JSON document on stdout (logs stay on stderr).",
+    )(command)
+
+
 @cli.command()
 @click.argument("job_id")
-@click.option("--wait", is_flag=True, help="Wait until every published scorecard is written.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the job to appear and finish; exit 0 once it is fully written and clean.",
+)
 @click.option(
     "--timeout",
     type=float,
     default=3600.0,
     show_default=True,
-    help="With --wait: give up (exit 1) after this many seconds.",
+    help="With --wait: give up (exit 4) after this many seconds.",
 )
 @click.option(
     "--verify",
@@ -343,24 +361,74 @@ def consume(worker_id: str | None, batch_size: int | None, metrics_port: int | N
     is_flag=True,
     help="Once fully written, verify the job's range against Postgres.",
 )
-def status(job_id: str, wait: bool, timeout: float, verify_after: bool) -> None:
-    """Published vs written for a job; with --wait, exit 0 once it is fully written."""
-    from reindex.status import job_status, wait_for_job  # noqa: PLC0415
+@_output_option
+def status(job_id: str, wait: bool, timeout: float, verify_after: bool, output: str) -> None:
+    """Published, written and dead-lettered scorecards of a job, and its state.
 
+    Exit codes: 0 complete and clean (or, without --wait, still on its way); 1 failed or
+    cancelled (with the reason); 3 complete with dead-lettered scorecards (the first few named);
+    4 --wait gave up.
+
+    \b
+    Examples:
+      reindex status nightly-2026-03-01
+      reindex status nightly-2026-03-01 --wait --timeout 7200 -o json
+    """
+    from reindex.status import (  # noqa: PLC0415
+        check_job_id,
+        job_status,
+        raise_for_outcome,
+        wait_for_job,
+    )
+
+    as_json = output == "json"
+    check_job_id(job_id)
+    if verify_after and as_json:
+        raise BadInputError("--verify prints text: use it without -o json")
     settings = _settings()
     if wait:
-        report = wait_for_job(settings, job_id, timeout, say=click.echo)
+        report = wait_for_job(settings, job_id, timeout, say=lambda s: click.echo(s, err=as_json))
     else:
         report = job_status(settings, job_id)
-        click.echo(report.describe())
-    if wait and not report.complete:
-        raise ReindexError(f"job {job_id} not fully written after {timeout:.0f} s")
+    if report is not None:
+        click.echo(json.dumps(report.document()) if as_json else report.describe())
+    raise_for_outcome(report, job_id, waited_s=timeout if wait else None)
     if verify_after:
+        assert report is not None
         if not report.complete:
             raise ReindexError(f"job {job_id} is not fully written yet: nothing to verify")
         req = report.checkpoint.request
         if not _run_verify(settings, req.start, req.end, req.scorecard_types, "day"):
             raise ReindexError("verification failed: reindex the buckets listed above")
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--all", "show_all", is_flag=True, help="Every job, not only the recent ones.")
+@_output_option
+@click.pass_context
+def jobs(ctx: click.Context, show_all: bool, output: str) -> None:
+    """The jobs in the jobs topic, newest first (without a subcommand).
+
+    Id, range, types, clean-up, state (requested, running, done, failed, cancelled), published /
+    written / dead-lettered scorecards, started, last update and failure reason. Shows the
+    most recent jobs; --all shows every one.
+
+    \b
+    Examples:
+      reindex jobs
+      reindex jobs --all -o json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from reindex.jobs import list_jobs  # noqa: PLC0415
+
+    listing = list_jobs(_settings(), show_all=show_all)
+    click.echo(json.dumps(listing.document()) if output == "json" else listing.table())
+    if listing.hidden and output != "json":
+        click.echo(f"{listing.hidden} older job(s) not shown: reindex jobs --all", err=True)
 
 
 # --- verify ------------------------------------------------------------------------------------
