@@ -22,8 +22,8 @@ from producer.job import JobOptions, run_job
 from producer.requests import publish_request
 from reindex_common.errors import SourceUnavailableError
 from reindex_common.jobs import (
+    JobCheckpoint,
     read_checkpoint,
-    requested_checkpoint,
     write_checkpoint,
 )
 from reindex_common.kafka import ReliableProducer, ensure_topics, reindexer_topics
@@ -179,8 +179,12 @@ def test_a_failed_or_cancelled_job_ends_the_wait_at_once_with_exit_1(
     assert "no_such_database" in failed.stderr
 
     producer = ReliableProducer(settings, client_id="test")
-    cancelled = requested_checkpoint(_request("stopped")).model_copy(
-        update={"state": "cancelled", "error": "cancelled by the operator"}
+    cancelled = JobCheckpoint(
+        job_id="stopped",
+        request=_request("stopped"),
+        state="cancelled",
+        error="cancelled by the operator",
+        started_at=datetime.now(UTC),
     )
     write_checkpoint(producer, settings, cancelled)
     result = reindex(settings, "status", "stopped", "--wait", "--timeout", "3600", timeout=300)
