@@ -103,6 +103,27 @@ def test_a_job_with_dead_letters_is_complete_but_not_clean(
     assert sorted(d["scorecard"] for d in doc["dead_lettered"]["first"]) == poison
     assert all("invalid scorecard message" in d["reason"] for d in doc["dead_lettered"]["first"])
 
+    # produce --verify follows the same rule (the job is done: nothing is published again).
+    again = reindex(
+        settings,
+        "produce",
+        "--start",
+        START.isoformat(),
+        "--end",
+        END.isoformat(),
+        "--mode",
+        "all",
+        "--batch-size",
+        "100",
+        "--job-id",
+        "dl",
+        "--verify",
+        "--timeout",
+        "300",
+    )
+    assert again.returncode == 3, again.stdout + again.stderr
+    assert "complete, 3 scorecards dead-lettered" in again.stderr
+
 
 def _background(settings: Settings, log: Path, *args: str) -> subprocess.Popen[str]:
     with log.open("w") as out:
