@@ -136,11 +136,12 @@ def _background(settings: Settings, log: Path, *args: str) -> subprocess.Popen[s
         )
 
 
-def test_status_wait_right_after_request_waits_for_serve_to_take_it(
+def test_status_wait_right_after_request_waits_while_serve_is_busy_with_another_job(
     pipeline_settings: Settings, tmp_path: Path
 ) -> None:
     settings = pipeline_settings
     _seed(settings, 400)
+    publish_request(settings, _request("busy", batch=50))  # serve takes this one first
     requested = reindex(
         settings,
         "request",
@@ -155,13 +156,14 @@ def test_status_wait_right_after_request_waits_for_serve_to_take_it(
     )
     assert requested.returncode == 0, requested.stderr
 
-    # No serve runs yet: the job shows as requested, and --wait waits instead of "no job".
+    # No serve has taken it: the job shows as requested, and --wait waits instead of "no job".
     shown = reindex(settings, "status", "early")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("job early: requested"), shown.stdout
     listed = json.loads(reindex(settings, "jobs", "-o", "json").stdout)
     assert [(j["job_id"], j["state"], j["started_at"]) for j in listed["jobs"]] == [
-        ("early", "requested", None)
+        ("early", "requested", None),
+        ("busy", "requested", None),
     ]
 
     log = tmp_path / "wait.log"
@@ -170,11 +172,18 @@ def test_status_wait_right_after_request_waits_for_serve_to_take_it(
     try:
         with workers(settings, tmp_path, "w1"):
             wait_until(lambda: "job early: requested" in log.read_text(), 60, "a first report")
-            assert waiter.poll() is None, log.read_text()  # still waiting, no serve yet
-            serve = _background(settings, tmp_path / "serve.log", "serve")
+            assert waiter.poll() is None, log.read_text()
+            # Slow enough that "busy" keeps serve busy for a few seconds before "early".
+            serve = _background(settings, tmp_path / "serve.log", "serve", "--max-rate", "100")
             assert waiter.wait(600) == 0, log.read_text()
         assert "job early: complete" in log.read_text()
-        assert read_checkpoint(settings, "early").state == "done"  # type: ignore[union-attr]
+        busy, early = read_checkpoint(settings, "busy"), read_checkpoint(settings, "early")
+        assert busy is not None
+        assert early is not None
+        assert (busy.state, early.state) == ("done", "done")
+        assert busy.finished_at is not None
+        assert early.finished_at is not None
+        assert busy.finished_at < early.finished_at
     finally:
         for proc in (waiter, serve):
             if proc is not None and proc.poll() is None:
