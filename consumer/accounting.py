@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from datetime import datetime
 
 from consumer.batch import ParsedBatch, Rejected
 from reindex_common.messages import JOB_ID_PATTERN
@@ -23,21 +24,33 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 REASON_CHARS = 300
 
 
-def _peek(value: bytes | None) -> tuple[str | None, int]:
-    """Best effort, for a rejected message: its job id and how many scores it carries."""
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        found = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return None if found.tzinfo is None else found
+
+
+def _peek(value: bytes | None) -> tuple[str | None, int, datetime | None]:
+    """Best effort, for a rejected message: its job id, how many scores it carries, and its
+    ``reindexed_at`` (the job run it came from)."""
     if not value:
-        return None, 0
+        return None, 0, None
     try:
         doc = json.loads(value)
     except ValueError:
-        return None, 0
+        return None, 0, None
     if not isinstance(doc, dict):
-        return None, 0
+        return None, 0, None
     job_id = doc.get("job_id")
     scores = doc.get("scores")
     return (
         job_id if isinstance(job_id, str) and _JOB_ID.match(job_id) else None,
         len(scores) if isinstance(scores, list) else 0,
+        _time(doc.get("reindexed_at")),
     )
 
 
@@ -53,13 +66,14 @@ def _scorecard_name(key: bytes | None) -> str | None:
 def dead_letter(rejected: Rejected) -> tuple[str | None, DeadLetter]:
     """The job a rejected message belongs to (None: unknown), and its dead letter."""
     raw = rejected.raw
-    job_id, scores = _peek(raw.value)
+    job_id, scores, run = _peek(raw.value)
     return rejected.job_id or job_id, DeadLetter(
         partition=raw.partition,
         offset=raw.offset,
         scorecard=_scorecard_name(raw.key),
         scores=scores,
         reason=rejected.reason[:REASON_CHARS],
+        reindexed_at=run,
     )
 
 

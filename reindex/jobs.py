@@ -117,6 +117,9 @@ def list_jobs(settings: Settings, *, show_all: bool = False, recent: int = RECEN
     with TopicTail(settings, settings.written_topic) as tail:
         tallies.add((k, v) for k, v in tail.read_new() if k in wanted)
     return JobListing(
-        [JobStatus(cp, tallies.summary(cp.job_id), lagging(cp, committed)) for cp in shown],
+        [
+            JobStatus(cp, tallies.summary(cp.job_id, cp.started_at), lagging(cp, committed))
+            for cp in shown
+        ],
         len(checkpoints),
     )

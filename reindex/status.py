@@ -168,7 +168,7 @@ class JobStatus:
             "dead_lettered": {
                 "scorecards": self.dead_lettered,
                 "scores": self.written.dead_lettered_scores,
-                "first": [d.model_dump() for d in self.written.first_dead_letters],
+                "first": [d.model_dump(mode="json") for d in self.written.first_dead_letters],
             },
             "waiting_for_partitions": self.lagging_partitions,
             "error": cp.error,
@@ -218,7 +218,8 @@ class JobWatcher:
             self._offsets, self._settings.scorecards_topic, checkpoint.max_offsets
         )
         self._tally.add(self._written.read_new())
-        return JobStatus(checkpoint, self._tally.summary(), lagging(checkpoint, committed))
+        summary = self._tally.summary(run=checkpoint.started_at)
+        return JobStatus(checkpoint, summary, lagging(checkpoint, committed))
 
     def status(self) -> JobStatus:
         """The job's status now; :class:`ReindexError` while the job has no checkpoint."""

@@ -43,6 +43,10 @@ class DeadLetter(BaseModel):
     scorecard: str | None  # customer_id/profile_id/scorecard_id, when it could be read
     scores: int  # scores the message carried (0 when unreadable)
     reason: str
+    # The run of the job the message came from (its ``reindexed_at``: the run's ``started_at``),
+    # when it could be read: a job run again with ``--restart`` is not charged with the dead
+    # letters of its earlier run.
+    reindexed_at: UtcDatetime | None = None
 
 
 class WrittenRecord(BaseModel):
@@ -104,8 +108,9 @@ class WrittenTally:
         self._workers: dict[str, int] = defaultdict(int)
         self._per_shard: dict[int, int] = defaultdict(int)
         self._scores = 0
-        self._dead: dict[tuple[int, int], int] = {}  # (partition, offset) -> scores
-        self._first_dead: list[DeadLetter] = []
+        # (partition, offset) -> (scores, run); the first few dead letters of each run
+        self._dead: dict[tuple[int, int], tuple[int, datetime | None]] = {}
+        self._first_dead: dict[datetime | None, list[DeadLetter]] = defaultdict(list)
 
     def add(self, records: Iterable[tuple[bytes | None, bytes]]) -> None:
         """Take (key, value) records of the written topic; other jobs' are skipped unparsed."""
@@ -125,11 +130,23 @@ class WrittenTally:
                 where = (dead.partition, dead.offset)
                 if where in self._dead:
                     continue
-                self._dead[where] = dead.scores
-                if len(self._first_dead) < FIRST_DEAD_LETTERS:
-                    self._first_dead.append(dead)
+                self._dead[where] = (dead.scores, dead.reindexed_at)
+                first = self._first_dead[dead.reindexed_at]
+                if len(first) < FIRST_DEAD_LETTERS:
+                    first.append(dead)
 
-    def summary(self) -> WrittenSummary:
+    def summary(self, run: datetime | None = None) -> WrittenSummary:
+        """The job's counts; with ``run`` (the checkpoint's ``started_at``), dead letters of
+        other runs are left out (those whose run is unknown count)."""
+
+        def counts(dead_run: datetime | None) -> bool:
+            return run is None or dead_run is None or dead_run == run
+
+        dead = [scores for scores, dead_run in self._dead.values() if counts(dead_run)]
+        first = sorted(
+            (d for r, letters in self._first_dead.items() if counts(r) for d in letters),
+            key=lambda d: (d.partition, d.offset),
+        )
         for partition, runs in self._runs.items():
             self._runs[partition] = to_runs_merged(runs)  # keep the list short across polls
         return WrittenSummary(
@@ -137,9 +154,9 @@ class WrittenTally:
             scores=self._scores,
             workers=dict(self._workers),
             per_shard=dict(self._per_shard),
-            dead_lettered=len(self._dead),
-            dead_lettered_scores=sum(self._dead.values()),
-            first_dead_letters=list(self._first_dead),
+            dead_lettered=len(dead),
+            dead_lettered_scores=sum(dead),
+            first_dead_letters=first[:FIRST_DEAD_LETTERS],
         )
 
 
@@ -159,9 +176,9 @@ class JobTallies:
                 tally = self._tallies[job_id] = WrittenTally(job_id)
             tally.add([(key, value)])
 
-    def summary(self, job_id: str) -> WrittenSummary:
+    def summary(self, job_id: str, run: datetime | None = None) -> WrittenSummary:
         tally = self._tallies.get(job_id)
-        return (tally or WrittenTally(job_id)).summary()
+        return (tally or WrittenTally(job_id)).summary(run)
 
 
 def to_runs_merged(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

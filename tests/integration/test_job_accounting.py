@@ -47,9 +47,11 @@ def _request(job_id: str, batch: int = 100) -> ReindexRequest:
     )
 
 
-def _publish_poison(settings: Settings, job_id: str, count: int) -> list[str]:
-    """Messages of ``job_id`` that the consumer must dead-letter (a scorecard field missing),
-    each with 3 scores; returns their scorecard names."""
+def _publish_poison(
+    settings: Settings, job_id: str, count: int, reindexed_at: datetime
+) -> list[str]:
+    """Messages of ``job_id``'s run ``reindexed_at`` that the consumer must dead-letter (a
+    scorecard field missing), each with 3 scores; returns their scorecard names."""
     producer = Producer(settings.kafka_client_config())
     names = []
     for i in range(count):
@@ -57,7 +59,7 @@ def _publish_poison(settings: Settings, job_id: str, count: int) -> list[str]:
             "schema_version": 1,
             "job_id": job_id,
             "clean_up": False,
-            "reindexed_at": "2026-02-01T00:00:00Z",
+            "reindexed_at": reindexed_at.isoformat(),
             "scorecard": {"customer_id": "cust-poison", "profile_id": "p", "scorecard_id": f"s{i}"},
             "scores": [{}, {}, {}],
         }
@@ -74,55 +76,69 @@ def test_a_job_with_dead_letters_is_complete_but_not_clean(
     settings = pipeline_settings
     _seed(settings, 300)
     ensure_topics(settings, reindexer_topics(settings))
-    # Before the job's own messages: on their partition they sit below the job's last offset,
-    # so the job is complete only once they were handled.
-    poison = _publish_poison(settings, "dl", 3)
-    run_job(settings, _request("dl"), JobOptions(show_progress=False))
+    poison: list[str] = []
+
+    def before_the_pages(cp: JobCheckpoint) -> None:
+        # Before the job's own messages: on their partition they sit below the job's last
+        # offset, so the job is complete only once they were handled.
+        if not poison:
+            poison.extend(_publish_poison(settings, "dl", 3, cp.started_at))
+
+    run_job(settings, _request("dl"), JobOptions(show_progress=False, on_page=before_the_pages))
 
     with workers(settings, tmp_path, "w1"):
         waited = reindex(settings, "status", "dl", "--wait", "--timeout", "300")
-    assert waited.returncode == 3, waited.stdout + waited.stderr
-    error = waited.stderr.strip().splitlines()[-1]
-    assert error.startswith("reindex: error: job dl complete, 3 scorecards dead-lettered: ")
-    for name in poison:
-        assert name in error
-    assert "job dl: complete, 3 scorecards dead-lettered" in waited.stdout
-    assert "written    300 scorecards" in waited.stdout
-    assert "dead-lettered 3 scorecards with 9 scores" in waited.stdout
+        assert waited.returncode == 3, waited.stdout + waited.stderr
+        error = waited.stderr.strip().splitlines()[-1]
+        assert error.startswith("reindex: error: job dl complete, 3 scorecards dead-lettered: ")
+        for name in poison:
+            assert name in error
+        assert "job dl: complete, 3 scorecards dead-lettered" in waited.stdout
+        assert "written    300 scorecards" in waited.stdout
+        assert "dead-lettered 3 scorecards with 9 scores" in waited.stdout
 
-    as_json = reindex(settings, "status", "dl", "-o", "json")
-    assert as_json.returncode == 3, as_json.stderr
-    doc = json.loads(as_json.stdout)  # one document, nothing else on stdout
-    assert doc["state"] == "done"
-    assert doc["complete"] is True
-    assert doc["clean"] is False
-    assert doc["published"]["scorecards"] == 300
-    assert doc["written"]["scorecards"] == 300
-    assert doc["dead_lettered"]["scorecards"] == 3
-    assert doc["dead_lettered"]["scores"] == 9
-    assert sorted(d["scorecard"] for d in doc["dead_lettered"]["first"]) == poison
-    assert all("invalid scorecard message" in d["reason"] for d in doc["dead_lettered"]["first"])
+        as_json = reindex(settings, "status", "dl", "-o", "json")
+        assert as_json.returncode == 3, as_json.stderr
+        doc = json.loads(as_json.stdout)  # one document, nothing else on stdout
+        assert doc["state"] == "done"
+        assert doc["complete"] is True
+        assert doc["clean"] is False
+        assert doc["published"]["scorecards"] == 300
+        assert doc["written"]["scorecards"] == 300
+        assert doc["dead_lettered"]["scorecards"] == 3
+        assert doc["dead_lettered"]["scores"] == 9
+        assert sorted(d["scorecard"] for d in doc["dead_lettered"]["first"]) == poison
+        assert all(
+            "invalid scorecard message" in d["reason"] for d in doc["dead_lettered"]["first"]
+        )
 
-    # produce --verify follows the same rule (the job is done: nothing is published again).
-    again = reindex(
-        settings,
-        "produce",
-        "--start",
-        START.isoformat(),
-        "--end",
-        END.isoformat(),
-        "--mode",
-        "all",
-        "--batch-size",
-        "100",
-        "--job-id",
-        "dl",
-        "--verify",
-        "--timeout",
-        "300",
-    )
-    assert again.returncode == 3, again.stdout + again.stderr
-    assert "complete, 3 scorecards dead-lettered" in again.stderr
+        # produce --verify follows the same rule (the job is done: nothing is published again).
+        again = reindex(
+            settings,
+            "produce",
+            "--start",
+            START.isoformat(),
+            "--end",
+            END.isoformat(),
+            "--mode",
+            "all",
+            "--batch-size",
+            "100",
+            "--job-id",
+            "dl",
+            "--verify",
+            "--timeout",
+            "300",
+        )
+        assert again.returncode == 3, again.stdout + again.stderr
+        assert "complete, 3 scorecards dead-lettered" in again.stderr
+
+        # Run again from the start (cause fixed): the earlier run's dead letters do not count.
+        run_job(settings, _request("dl"), JobOptions(show_progress=False, restart=True))
+        clean = reindex(settings, "status", "dl", "--wait", "--timeout", "300", "-o", "json")
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        doc = json.loads(clean.stdout)
+        assert (doc["clean"], doc["dead_lettered"]["scorecards"]) == (True, 0)
 
 
 def _background(settings: Settings, log: Path, *args: str) -> subprocess.Popen[str]:
