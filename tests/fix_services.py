@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import fix_containers
 import psycopg
 import pytest
 
@@ -74,23 +75,9 @@ def _docker_answers() -> bool:
 
 @contextlib.contextmanager
 def _testcontainers(pg_dsn: str | None) -> Iterator[Services]:
-    from testcontainers.community.clickhouse import ClickHouseContainer  # noqa: PLC0415
-    from testcontainers.community.kafka import KafkaContainer  # noqa: PLC0415
-    from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
-
-    with contextlib.ExitStack() as stack_:
-        if pg_dsn is None:
-            pg = stack_.enter_context(PostgresContainer("postgres:16", driver=None))
-            pg_dsn = pg.get_connection_url()
-        kafka = stack_.enter_context(KafkaContainer("apache/kafka:3.8.0").with_kraft())
-        shards = []
-        for _ in range(2):
-            ch = stack_.enter_context(ClickHouseContainer("clickhouse/clickhouse-server:24.8"))
-            shards.append(
-                f"http://{ch.username}:{ch.password}@{ch.get_container_host_ip()}"
-                f":{ch.get_exposed_port(8123)}"
-            )
-        yield Services(pg_dsn, kafka.get_bootstrap_server(), tuple(shards), "testcontainers")
+    """Kafka, two ClickHouse shards and (when none answers) Postgres, in Docker containers."""
+    with fix_containers.started(pg_dsn) as (dsn, bootstrap, shards):
+        yield Services(dsn, bootstrap, shards, "testcontainers")
 
 
 @contextlib.contextmanager
