@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -104,14 +106,22 @@ def start_kafka(container: DockerContainer) -> str:
 
 
 def clickhouse_container(password: str) -> ClickHouseContainer:
+    """A shard on a fixed free host port, so that it keeps its URL when stopped and started."""
     from testcontainers.community.clickhouse import ClickHouseContainer  # noqa: PLC0415
 
-    return ClickHouseContainer(
+    container = ClickHouseContainer(
         CLICKHOUSE_IMAGE,
         username=CLICKHOUSE_USER,
         password=password,
         dbname=CLICKHOUSE_DATABASE,
     )
+    return container.with_bind_ports(CLICKHOUSE_HTTP_PORT, _free_port())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def shard_url(container: ClickHouseContainer) -> str:
@@ -120,9 +130,26 @@ def shard_url(container: ClickHouseContainer) -> str:
     return f"http://{container.username}:{container.password}@{host}:{port}"
 
 
+@dataclass(frozen=True)
+class Started:
+    pg_dsn: str
+    kafka_bootstrap: str
+    shard_urls: tuple[str, ...]
+    shards: tuple[ClickHouseContainer, ...]
+
+    def stop_shard(self, index: int) -> None:
+        """Stop a shard's server (connections are refused) until ``start_shard``."""
+        self.shards[index].get_wrapped_container().stop(timeout=5)
+
+    def start_shard(self, index: int) -> None:
+        shard = self.shards[index]
+        shard.get_wrapped_container().start()
+        shard._connect()  # the library's own readiness wait for this image
+
+
 @contextlib.contextmanager
-def started(pg_dsn: str | None) -> Iterator[tuple[str, str, tuple[str, ...]]]:
-    """(Postgres DSN, Kafka bootstrap, shard URLs), the containers removed on exit."""
+def started(pg_dsn: str | None) -> Iterator[Started]:
+    """Every service running in a container (Postgres only if none is given), removed on exit."""
     from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
 
     with contextlib.ExitStack() as stack:
@@ -133,7 +160,5 @@ def started(pg_dsn: str | None) -> Iterator[tuple[str, str, tuple[str, ...]]]:
         stack.callback(kafka.stop)
         bootstrap = start_kafka(kafka)
         password = secrets.token_urlsafe(16)
-        shards = tuple(
-            shard_url(stack.enter_context(clickhouse_container(password))) for _ in range(SHARDS)
-        )
-        yield pg_dsn, bootstrap, shards
+        shards = tuple(stack.enter_context(clickhouse_container(password)) for _ in range(SHARDS))
+        yield Started(pg_dsn, bootstrap, tuple(shard_url(s) for s in shards), shards)

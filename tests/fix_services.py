@@ -41,6 +41,30 @@ class Services:
     shard_urls: tuple[str, ...]
     origin: str  # "env", "testcontainers" or "embedded"
     stack_root: Path | None = None  # the embedded stack's directory, when it is that
+    containers: fix_containers.Started | None = None  # when the services run in Docker
+
+    def stop_shard(self, index: int) -> None:
+        """Stop shard ``index`` so that its connections are refused, until ``start_shard``."""
+        if self.containers is not None:
+            self.containers.stop_shard(index)
+            return
+        state = stack.StackState.load(self._stack_root())
+        assert state is not None
+        stack._stop(state.shards[index])
+
+    def start_shard(self, index: int) -> None:
+        if self.containers is not None:
+            self.containers.start_shard(index)
+            return
+        root = self._stack_root()
+        state = stack.StackState.load(root)
+        assert state is not None
+        stack.up(stack.StackConfig(root=root, shards=len(state.shards)))
+
+    def _stack_root(self) -> Path:
+        if self.stack_root is None:
+            pytest.fail(f"a shard of {self.origin} services cannot be stopped by the tests")
+        return self.stack_root
 
 
 def _docker_answers() -> bool:
@@ -76,8 +100,14 @@ def _docker_answers() -> bool:
 @contextlib.contextmanager
 def _testcontainers(pg_dsn: str | None) -> Iterator[Services]:
     """Kafka, two ClickHouse shards and (when none answers) Postgres, in Docker containers."""
-    with fix_containers.started(pg_dsn) as (dsn, bootstrap, shards):
-        yield Services(dsn, bootstrap, shards, "testcontainers")
+    with fix_containers.started(pg_dsn) as started:
+        yield Services(
+            started.pg_dsn,
+            started.kafka_bootstrap,
+            started.shard_urls,
+            "testcontainers",
+            containers=started,
+        )
 
 
 @contextlib.contextmanager

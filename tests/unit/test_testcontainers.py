@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import io
 import itertools
+import socket
 import tarfile
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +31,18 @@ from testcontainers.core.config import testcontainers_config
 _ids = itertools.count(1)
 
 
+class _ClickHousePing(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"Ok.\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 @dataclass
 class FakeContainer:
     image: str
@@ -40,6 +54,7 @@ class FakeContainer:
     status: str = "created"
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)
     removed: bool = False
+    server: ThreadingHTTPServer | None = None
 
     @property
     def short_id(self) -> str:
@@ -47,6 +62,18 @@ class FakeContainer:
 
     def start(self) -> None:
         self.status = "running"
+        if self.image == fix_containers.CLICKHOUSE_IMAGE:
+            # What the server answers on its HTTP port, on the host port it was given.
+            port = self.host_ports[fix_containers.CLICKHOUSE_HTTP_PORT]
+            self.server = ThreadingHTTPServer(("127.0.0.1", port), _ClickHousePing)
+            threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self, timeout: int = 10) -> None:
+        self.status = "exited"
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
     def reload(self) -> None:
         pass
@@ -71,17 +98,17 @@ class FakeContainer:
         return ExecResult(0, b"ok")
 
     def remove(self, force: bool = False, v: bool = False) -> None:
+        self.stop()
         self.removed = True
 
 
 class FakeDocker:
     """The part of ``docker.DockerClient`` that testcontainers uses."""
 
-    def __init__(self, clickhouse_http_port: int) -> None:
+    def __init__(self) -> None:
         self.created: list[FakeContainer] = []
         self.pulled: list[str] = []
         self._next_port = itertools.count(41000)
-        self._clickhouse_http_port = clickhouse_http_port
         fake = self
 
         class Api:
@@ -103,13 +130,10 @@ class FakeDocker:
             def create(self, image: str, **kwargs: Any) -> FakeContainer:
                 assert kwargs.get("labels", {}).get("org.testcontainers") == "true"
                 ports = kwargs.get("ports") or {}
+                # A bound port as asked, otherwise one the engine picks.
                 host_ports = {
-                    int(str(p).split("/")[0]): (
-                        fake._clickhouse_http_port
-                        if int(str(p).split("/")[0]) == fix_containers.CLICKHOUSE_HTTP_PORT
-                        else next(fake._next_port)
-                    )
-                    for p in ports
+                    int(str(p).split("/")[0]): int(bound or next(fake._next_port))
+                    for p, bound in ports.items()
                 }
                 container = FakeContainer(
                     image=image,
@@ -137,35 +161,18 @@ class FakeDocker:
         return [c for c in self.created if c.image == image]
 
 
-class _ClickHousePing(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"Ok.\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def fake_docker(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDocker]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClickHousePing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    fake = FakeDocker(server.server_address[1])
+    fake = FakeDocker()
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     monkeypatch.setattr(docker_client.docker, "from_env", lambda **_: fake)
     monkeypatch.setattr(testcontainers_config, "ryuk_disabled", True)
     # As on a developer's machine (CI itself may run in a container): the host's mapped ports.
     monkeypatch.setattr(docker_client.utils, "inside_container", lambda: False)
     monkeypatch.setattr(fix_containers, "START_TIMEOUT_S", 10)
-    try:
-        yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield fake
+    for container in fake.created:
+        container.stop()
 
 
 def test_the_fixture_builds_and_starts_every_container_the_library_accepts(
@@ -227,3 +234,18 @@ def test_a_given_postgres_is_used_and_no_postgres_container_starts(
 
 def fix_services_shards() -> int:
     return fix_containers.SHARDS
+
+
+def test_a_stopped_shard_refuses_connections_and_comes_back_at_the_same_url(
+    fake_docker: FakeDocker,
+) -> None:
+    with fix_services._testcontainers("postgresql://postgres@127.0.0.1:5432/postgres") as services:
+        url = services.shard_urls[1]
+        port = int(url.rsplit(":", 1)[1])
+        services.stop_shard(1)
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
+            pass
+        services.start_shard(1)
+        assert services.shard_urls[1] == url
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            assert response.read() == b"Ok.\n"
