@@ -4,6 +4,7 @@ exit code 3 from ``verify``, ``--last`` ranges and ``--max-lag`` back-pressure."
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -210,6 +211,18 @@ def test_last_selects_the_range_and_json_outputs_parse(
     with workers(settings, tmp_path, "w1"):
         done = reindex(settings, "status", "last", "--wait", "--timeout", "180")
         assert done.returncode == 0, done.stdout + done.stderr
+        # The same job again, with --verify: already done, then waited for and verified; the
+        # waiting lines go to stderr, stdout holds the JSON summary alone.
+        again = reindex(
+            settings, "produce", "--start", start.isoformat(), "--end", end.isoformat(),
+            "--mode", "all", "--job-id", "last", "--verify", "--timeout", "180", "-o", "json",
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        repeated = _json(again)
+        assert repeated["already_done"] is True
+        assert repeated["verify"]["ok"] is True
+        assert repeated["verify"]["scorecards"] == in_range
+        assert "job last" in again.stderr
         clean = reindex(settings, "verify", "--last", "4d", "--mode", "all", "-o", "json")
     # Only the last 24 h were reindexed: the 4 days differ, the last 24 h match.
     assert clean.returncode == 3, clean.stderr
@@ -312,3 +325,60 @@ def test_max_lag_pauses_the_producer_until_a_consumer_drains(
     assert checkpoint.published_scorecards == 2000
     assert len(read_topic(settings, settings.scorecards_topic)) == 2000
     assert "publishing again" in stderr.read_text()
+
+
+def test_serve_with_max_lag_waits_stops_on_sigterm_and_resumes(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    settings = pipeline_settings
+    dsn = settings.director_dsn
+    seed(dsn, dsn, SeedPlan(1000, seed=8, start=START, days=5, mean_scores=2))
+    ensure_topics(settings, reindexer_topics(settings))
+    max_lag, batch = 100, 50
+    requested = reindex(settings, "request", *RANGE, "--job-id", "served", "--batch-size", "50")
+    assert requested.returncode == 0, requested.stderr
+
+    def serve(log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "reindex", "serve", "--max-lag", str(max_lag)],
+                env=settings_env(settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    first_log = tmp_path / "serve-1.log"
+    service = serve(first_log)
+    try:
+        wait_until(
+            lambda: "waiting" in first_log.read_text() or service.poll() is not None,
+            120,
+            "the service to wait for the consumers",
+        )
+        paused_at = len(read_topic(settings, settings.scorecards_topic))
+        assert max_lag < paused_at <= max_lag + (MAX_PAGES_IN_FLIGHT + 1) * batch
+        # While it waits, a stop is still noticed: it leaves at once, the job unfinished.
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(60) == 0, first_log.read_text()
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait(30)
+    checkpoint = read_checkpoint(settings, "served")
+    assert checkpoint is not None
+    assert checkpoint.state == "running"
+    assert checkpoint.published_scorecards == paused_at
+
+    second_log = tmp_path / "serve-2.log"
+    with workers(settings, tmp_path, "w1"):
+        service = serve(second_log)
+        try:
+            done = reindex(settings, "status", "served", "--wait", "--timeout", "240")
+            assert done.returncode == 0, done.stdout + done.stderr + second_log.read_text()
+        finally:
+            service.send_signal(signal.SIGTERM)
+            service.wait(60)
+    checkpoint = read_checkpoint(settings, "served")
+    assert checkpoint is not None
+    assert checkpoint.state == "done"
+    assert checkpoint.published_scorecards == 1000
