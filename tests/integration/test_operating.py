@@ -135,6 +135,9 @@ def test_dlq_list_show_and_replay_once(pipeline_settings: Settings, tmp_path: Pa
         assert "invalid scorecard message" in shown.stdout
         assert f"{settings.scorecards_topic}[" in shown.stdout
         assert "{not json" in shown.stdout
+        shown_json = _json(reindex(settings, "dlq", "show", poison["id"], "-o", "json"))
+        assert shown_json["original_value"] == "{not json"
+        assert shown_json["reason"] == poison["reason"]
         assert reindex(settings, "dlq", "show", "0:999999").returncode == 1
         assert reindex(settings, "dlq", "show", "zero").returncode == 2
 
@@ -207,6 +210,15 @@ def test_last_selects_the_range_and_json_outputs_parse(
     assert summary["job_id"] == "last"
     assert summary["state"] == "done"
     assert summary["selected"] == summary["published_scorecards"] == in_range
+
+    # No consumer yet: --verify gives up waiting (exit 4), and stdout stays empty.
+    waited = reindex(
+        settings, "produce", "--start", start.isoformat(), "--end", end.isoformat(),
+        "--mode", "all", "--job-id", "last", "--verify", "--timeout", "2", "-o", "json",
+    )  # fmt: skip
+    assert waited.returncode == 4, waited.stderr
+    assert waited.stdout == ""
+    assert "not fully written after 2 s" in waited.stderr
 
     with workers(settings, tmp_path, "w1"):
         done = reindex(settings, "status", "last", "--wait", "--timeout", "180")
