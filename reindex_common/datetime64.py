@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
+from operator import attrgetter
 from typing import Any
 
 from pydantic_core import TzInfo
@@ -38,6 +39,7 @@ TIME_FIELDS = frozenset({"reindexed_at", "submitted_at", "created_at", "updated_
 
 # Zones with one fixed offset: subtracting two times that share such a tzinfo object is exact.
 _FIXED_OFFSET = (timezone, TzInfo)
+_ZONE = attrgetter("tzinfo")
 
 
 def ticks(value: datetime) -> int:
@@ -71,7 +73,7 @@ def column_ticks(times: Sequence[datetime]) -> list[int]:
     if not times:
         return []
     zone = times[0].tzinfo
-    if isinstance(zone, _FIXED_OFFSET) and all(t.tzinfo is zone for t in times):
+    if isinstance(zone, _FIXED_OFFSET) and list(map(_ZONE, times)).count(zone) == len(times):
         epoch = EPOCH.astimezone(zone)  # the same instant, shown in the values' zone
         return [(t - epoch) // MICROSECOND for t in times]
     return [(t - EPOCH) // MICROSECOND for t in times]
@@ -129,7 +131,9 @@ def unholdable(error: dict[str, Any]) -> str | None:
 
 
 # A time with a non-zero digit past the sixth of its fraction: pydantic would drop those digits.
-_SUB_MICROSECOND = re.compile(rb"\d\d:\d\d:\d\d[.,]\d{6}\d*[1-9]")
+# Searched in two steps: a literal first character keeps the common case (no such digits) fast.
+_SEVEN_DIGITS = re.compile(rb":\d\d[.,]\d{7}")
+_SUB_MICROSECOND = re.compile(r"[Tt _]\d\d:\d\d:\d\d[.,]\d{6}\d*[1-9]")
 
 
 def may_have_sub_microseconds(raw: bytes) -> bool:
@@ -138,7 +142,9 @@ def may_have_sub_microseconds(raw: bytes) -> bool:
     A batch holds tens of thousands of times, and none from Postgres has more than six fractional
     digits; only a message this says yes to is looked at with :func:`finer_than_microseconds`.
     """
-    return _SUB_MICROSECOND.search(raw) is not None
+    return _SEVEN_DIGITS.search(raw) is not None and (
+        _SUB_MICROSECOND.search(raw.decode("utf-8", "replace")) is not None
+    )
 
 
 def finer_than_microseconds(message: Any) -> list[str]:
@@ -149,7 +155,7 @@ def finer_than_microseconds(message: Any) -> list[str]:
         if isinstance(node, dict):
             for key, item in node.items():
                 if key in TIME_FIELDS and isinstance(item, str):
-                    if _SUB_MICROSECOND.search(item.encode()):
+                    if _SUB_MICROSECOND.search(item):
                         out.append(refused(column_name((*loc, key)), item, FINER))
                 elif isinstance(item, dict | list):
                     walk(item, (*loc, key))
