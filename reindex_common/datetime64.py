@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
-from operator import attrgetter
 from typing import Any
 
 from pydantic_core import TzInfo
@@ -39,7 +38,6 @@ TIME_FIELDS = frozenset({"reindexed_at", "submitted_at", "created_at", "updated_
 
 # Zones with one fixed offset: subtracting two times that share such a tzinfo object is exact.
 _FIXED_OFFSET = (timezone, TzInfo)
-_ZONE = attrgetter("tzinfo")
 
 
 def ticks(value: datetime) -> int:
@@ -65,18 +63,18 @@ def column_ticks(times: Sequence[datetime]) -> list[int]:
     """Microseconds since the epoch of each aware time, exact for any offset, value by value.
 
     clickhouse-connect converts a datetime with ``timestamp()`` and ``floor`` per value, the largest
-    part of an insert's serialization. When every value shares one fixed-offset ``tzinfo`` object
-    (pydantic's parser gives all ``Z`` / ``+00:00`` times the same one), subtracting the epoch
-    expressed in that same zone is exact and several times cheaper. Otherwise each value is
-    subtracted from the UTC epoch, which Python does through each value's own offset.
+    part of an insert's serialization; subtracting an epoch is several times cheaper. The epoch is
+    the Unix epoch shown in the first value's zone when that zone has one fixed offset: a value
+    with that same ``tzinfo`` object (pydantic gives all ``Z`` / ``+00:00`` times one) is then
+    subtracted wall clock from wall clock, fast and exact; a value with any other ``tzinfo`` is
+    subtracted through both offsets, as Python does for aware times of different zones, also exact.
+    (Taking the epoch *at 00:00 in* the first zone, as before, moved the column by its offset.)
     """
     if not times:
         return []
     zone = times[0].tzinfo
-    if isinstance(zone, _FIXED_OFFSET) and list(map(_ZONE, times)).count(zone) == len(times):
-        epoch = EPOCH.astimezone(zone)  # the same instant, shown in the values' zone
-        return [(t - epoch) // MICROSECOND for t in times]
-    return [(t - EPOCH) // MICROSECOND for t in times]
+    epoch = EPOCH.astimezone(zone) if isinstance(zone, _FIXED_OFFSET) else EPOCH
+    return [(t - epoch) // MICROSECOND for t in times]
 
 
 # --- why a message's time was refused -----------------------------------------------------------

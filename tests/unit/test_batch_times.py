@@ -7,6 +7,7 @@ import json
 import math
 import re
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -137,6 +138,13 @@ def test_column_ticks_is_exact_for_every_zone_mix() -> None:
     assert datetime64.column_ticks(values) == [want] * len(values)
     for zone in zones:
         assert datetime64.column_ticks([base.astimezone(zone)] * 2) == [want, want]
+    berlin = ZoneInfo("Europe/Berlin")  # a zone whose offset changes (summer time)
+    winter, summer = base, base + timedelta(days=120)
+    mixed = [winter.astimezone(berlin), summer.astimezone(berlin), summer]
+    mixed.append(winter.astimezone(zones[1]))
+    exact = [(t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) for t in mixed]
+    assert datetime64.column_ticks(mixed) == exact
+    assert datetime64.column_ticks(mixed[::-1]) == exact[::-1]
 
 
 def test_the_bounds_are_held_exactly() -> None:
