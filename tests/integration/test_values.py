@@ -70,6 +70,11 @@ BAD: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
         {"updated_at": "12000-06-01 12:00:00.5+00"},
         f"scores[1].updated_at = 12000-06-01T12:00:00.5+00:00: {OUTSIDE}",
     ),
+    "nan-inf": (  # the producer rewrites this one (NaN as a JSON constant): the time stays text
+        {"score": float("nan"), "updated_at": "infinity"},
+        {"numeric_value": float("-inf")},
+        f"scorecard.updated_at = infinity: {OUTSIDE}",
+    ),
     "bc": (
         {"submitted_at": "0044-03-15 00:00:00+00 BC"},
         {},
