@@ -246,3 +246,14 @@ def test_floats_reach_the_columns_exactly(value: float) -> None:
             assert got == value
             assert math.copysign(1, got) == math.copysign(1, value)
     assert numeric[1] is None
+
+
+def test_a_time_out_of_range_and_another_fault_are_both_named() -> None:
+    message = json.loads(_message("c", "s", times={"updated_at": "infinity"}))
+    message["scorecard"]["scorecard_type"] = "EMAIL"
+    (rejected,) = build([RawMessage("t", 0, 0, b"k", json.dumps(message).encode())], 1).rejected
+    first, rest = rejected.reason.split("; ", 1)
+    assert first == f"scorecard.updated_at = infinity: {datetime64.OUTSIDE}"
+    assert rest.startswith("invalid scorecard message: ")
+    assert "scorecard.scorecard_type" in rest
+    assert rejected.job_id == "job-1"
