@@ -18,7 +18,7 @@ import click
 from producer.cli_options import build_request, job_options, max_lag_option, range_options
 from reindex.dlq_commands import dlq
 from reindex.output import emit_json, output_option, say
-from reindex_common.errors import BadInputError, GaveUpWaitingError, NotCleanError, ReindexError
+from reindex_common.errors import BadInputError, NotCleanError, ReindexError
 from reindex_common.messages import parse_time
 from reindex_common.settings import Settings, load_settings
 
@@ -281,12 +281,14 @@ def produce(
 def _wait_and_verify(
     settings: Settings, job_id: str, timeout: float, output: str = "text"
 ) -> dict[str, Any]:
-    from reindex.status import wait_for_job  # noqa: PLC0415
+    from reindex.status import raise_for_outcome, wait_for_job  # noqa: PLC0415
     from reindex.verify import verify as run_verify  # noqa: PLC0415
 
     report = wait_for_job(settings, job_id, timeout, say=say(output))
-    if not report.complete:
-        raise GaveUpWaitingError(f"job {job_id} not fully written after {timeout:.0f} s")
+    if report is not None:
+        say(output)(report.describe())
+    raise_for_outcome(report, job_id, waited_s=timeout)  # failed 1, dead letters 3, timeout 4
+    assert report is not None
     req = report.checkpoint.request
     result = run_verify(settings, req.start, req.end, req.scorecard_types, "day")
     if output != "json":
@@ -362,13 +364,17 @@ def consume(worker_id: str | None, batch_size: int | None, metrics_port: int | N
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--wait", is_flag=True, help="Wait until every published scorecard is written.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the job to appear and finish; exit 0 once it is fully written and clean.",
+)
 @click.option(
     "--timeout",
     type=float,
     default=3600.0,
     show_default=True,
-    help="With --wait: give up (exit 1) after this many seconds.",
+    help="With --wait: give up (exit 4) after this many seconds.",
 )
 @click.option(
     "--verify",
@@ -376,24 +382,80 @@ def consume(worker_id: str | None, batch_size: int | None, metrics_port: int | N
     is_flag=True,
     help="Once fully written, verify the job's range against Postgres.",
 )
-def status(job_id: str, wait: bool, timeout: float, verify_after: bool) -> None:
-    """Published vs written for a job; with --wait, exit 0 once it is fully written."""
-    from reindex.status import job_status, wait_for_job  # noqa: PLC0415
+@output_option
+def status(job_id: str, wait: bool, timeout: float, verify_after: bool, output: str) -> None:
+    """Published, written and dead-lettered scorecards of a job, and its state.
 
+    Exit codes: 0 complete and clean (or, without --wait, still on its way); 1 failed or
+    cancelled (with the reason); 3 complete with dead-lettered scorecards (the first few named);
+    4 --wait gave up.
+
+    \b
+    Examples:
+      reindex status nightly-2026-03-01
+      reindex status nightly-2026-03-01 --wait --timeout 7200 -o json
+    """
+    from reindex.status import (  # noqa: PLC0415
+        check_job_id,
+        job_status,
+        raise_for_outcome,
+        wait_for_job,
+    )
+
+    as_json = output == "json"
+    check_job_id(job_id)
+    if verify_after and as_json:
+        raise BadInputError("--verify prints text: use it without -o json")
     settings = _settings()
     if wait:
-        report = wait_for_job(settings, job_id, timeout, say=click.echo)
+        report = wait_for_job(settings, job_id, timeout, say=say(output))
     else:
         report = job_status(settings, job_id)
-        click.echo(report.describe())
-    if wait and not report.complete:
-        raise ReindexError(f"job {job_id} not fully written after {timeout:.0f} s")
+    if report is not None:
+        if as_json:
+            emit_json(report.document())
+        else:
+            click.echo(report.describe())
+    raise_for_outcome(report, job_id, waited_s=timeout if wait else None)
     if verify_after:
+        assert report is not None
         if not report.complete:
             raise ReindexError(f"job {job_id} is not fully written yet: nothing to verify")
         req = report.checkpoint.request
         if not _run_verify(settings, req.start, req.end, req.scorecard_types, "day"):
             raise ReindexError("verification failed: reindex the buckets listed above")
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--all", "show_all", is_flag=True, help="Every job, not only the recent ones.")
+@output_option
+@click.pass_context
+def jobs(ctx: click.Context, show_all: bool, output: str) -> None:
+    """The jobs in the jobs topic, newest first (without a subcommand).
+
+    Id, range, types, clean-up, state (requested, running, done, failed, cancelled), published /
+    written / dead-lettered scorecards, started, last update and failure reason. Shows the
+    most recent jobs; --all shows every one.
+
+    \b
+    Examples:
+      reindex jobs
+      reindex jobs --all -o json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from reindex.jobs import list_jobs  # noqa: PLC0415
+
+    listing = list_jobs(_settings(), show_all=show_all)
+    if output == "json":
+        emit_json(listing.document())
+    else:
+        click.echo(listing.table())
+    if listing.hidden and output != "json":
+        click.echo(f"{listing.hidden} older job(s) not shown: reindex jobs --all", err=True)
 
 
 # --- verify ------------------------------------------------------------------------------------

@@ -18,7 +18,15 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
-from fix_pipeline import insert_rows, score, scorecard, start_worker, template, wait_until
+from fix_pipeline import (
+    insert_rows,
+    reindex,
+    score,
+    scorecard,
+    start_worker,
+    template,
+    wait_until,
+)
 
 from producer.job import JobOptions, run_job
 from reindex_common.clickhouse import shard_client
@@ -278,6 +286,15 @@ def test_odd_values_are_written_exactly_or_dead_lettered_with_their_reason(
         assert worker.process.poll() is None, worker.output()
     finally:
         assert worker.stop() == 0, worker.output()
+
+    # status counts the job's dead letters (SPEC §7): complete but not clean, exit 3.
+    status = reindex(settings, "status", "odd", "--wait", "--timeout", "180", "-o", "json")
+    assert status.returncode == 3, status.stdout + status.stderr
+    assert f"job odd complete, {len(BAD)} scorecards dead-lettered: " in status.stderr
+    report = json.loads(status.stdout)
+    assert report["dead_lettered"]["scorecards"] == len(BAD)
+    named = {d["scorecard"].rsplit("/", 1)[-1] for d in report["dead_lettered"]["first"]}
+    assert named == set(BAD)
 
     # Hand messages: each time converted with its own offset, to the microsecond.
     cards, scores = _shard_rows(settings, "hand")
