@@ -560,8 +560,7 @@ def check() -> None:
 
 
 @cli.command()
-@click.option("--start", required=True, help="Start of the range (ISO 8601, inclusive).")
-@click.option("--end", required=True, help="End of the range (ISO 8601, exclusive).")
+@range_options
 @click.option("--types", help="Scorecard types, comma-separated: PROCESS,CONVERSATION.")
 @click.option(
     "--mode",
@@ -591,8 +590,9 @@ def check() -> None:
     help="How long to wait, in all, for the consumers to write the repair jobs.",
 )
 def repair(
-    start: str,
-    end: str,
+    start: str | None,
+    end: str | None,
+    last: str | None,
     types: str | None,
     mode: str | None,
     bucket: str,
@@ -606,7 +606,10 @@ def repair(
     Exit 0 when the whole range matches, 3 when differences are left after --max-rounds,
     4 when the consumers did not write the repair jobs within --timeout.
 
-    Example: reindex repair --start 2026-03-01 --end 2026-03-08 --mode all
+    \b
+    Examples:
+      reindex repair --start 2026-03-01 --end 2026-03-08 --mode all
+      reindex repair --last 24h --bucket hour --max-rounds 5
     """
     from reindex.repair import repair as run_repair  # noqa: PLC0415
     from reindex_common.errors import NotCleanError  # noqa: PLC0415
@@ -616,6 +619,7 @@ def repair(
         settings,
         start=start,
         end=end,
+        last=last,
         types=types,
         mode=mode,
         batch_size=None,

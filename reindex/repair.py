@@ -105,6 +105,7 @@ class BucketMend:
     job_id: str = ""
     published: int = 0
     published_scores: int = 0
+    dead_lettered: int = 0  # of the job's scorecards (reindex dlq list --job JOB)
     still_differing: list[datetime] = field(default_factory=list)  # hours, after the round
 
     def describe(self) -> str:
@@ -122,6 +123,8 @@ class BucketMend:
             f"{self.stray_scores:,} score rows on the wrong shard; job {self.job_id} rewrote "
             f"{self.published:,} scorecards with {self.published_scores:,} scores (clean-up)"
         )
+        if self.dead_lettered:
+            did += f", {self.dead_lettered:,} of them dead-lettered"
         if self.elsewhere_at:
             times = sorted({t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in self.elsewhere_at})
             shown = ", ".join(times[:5]) + (", ..." if len(times) > 5 else "")
@@ -235,11 +238,15 @@ def _round(
     report.rounds.append(mends)
     for mend in mends:
         status = wait_for_job(settings, mend.job_id, max(1.0, deadline - time.monotonic()), say=say)
-        if not status.complete:
+        problem = status.problem() if status is not None else None
+        if status is not None and status.finished and not status.complete and problem:
+            raise problem  # failed or cancelled
+        if status is None or not status.complete:
             raise GaveUpWaitingError(
                 f"repair job {mend.job_id} not fully written within --timeout: "
                 "are the consumers running?"
             )
+        mend.dead_lettered = status.dead_lettered
     left: list[Target] = []
     for mend in mends:
         again = verify(settings, mend.start, mend.end, types, "hour")

@@ -25,6 +25,9 @@ UNREACHABLE = {
         (["--start", "2026-01-01", "--end", "2026-01-02", "--max-rounds", "0"], "at least 1"),
         (["--start", "2026-01-01", "--end", "2026-01-02", "--types", "NOPE"], "NOPE"),
         (["--start", "2026-01-01", "--end", "2026-01-02", "--bucket", "week"], "week"),
+        (["--last", "24h", "--start", "2026-01-01"], "not both"),
+        (["--last", "soon"], "not a duration"),
+        ([], "give --start and --end, or --last"),
     ],
 )
 def test_repair_bad_input_exits_2_with_one_line(args: list[str], says: str) -> None:
