@@ -22,6 +22,7 @@ from consumer.writer import ShardWriter
 from reindex_common.kafka import ReliableProducer
 from reindex_common.messages import dlq_message, dump
 from reindex_common.settings import Settings
+from reindex_common.size_limit import bound_envelope
 from reindex_common.written import WrittenRecord, to_runs
 
 log = logging.getLogger("reindex.consumer")
@@ -94,6 +95,7 @@ class BatchProcessor:
                 key=raw.key,
                 value=raw.value,
             )
+            envelope = bound_envelope(envelope, self.settings.max_message_bytes, raw.key)
             self.producer.send(self.settings.dlq_topic, dump(envelope), key=raw.key)
 
         futures = [

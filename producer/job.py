@@ -32,6 +32,7 @@ from reindex_common.kafka import ReliableProducer, ensure_topics, reindexer_topi
 from reindex_common.messages import ReindexRequest
 from reindex_common.progress import ProgressView
 from reindex_common.settings import Settings
+from reindex_common.size_limit import check_message_size, scorecard_name
 
 log = logging.getLogger("reindex.producer")
 
@@ -52,6 +53,9 @@ class JobOptions:
     # Called with the checkpoint after the count and after every recorded page; may raise
     # JobInterrupted. The request service keeps its consumer group membership alive here.
     on_page: Callable[[JobCheckpoint], None] | None = None
+    # Record state "failed" when the job fails. The request service retries a failing job and
+    # records the failure itself once it gives up, so that a retry never looks failed.
+    record_failure: bool = True
 
 
 def _same_request(a: ReindexRequest, b: ReindexRequest) -> bool:
@@ -106,7 +110,8 @@ def run_job(
         )
         raise
     except ReindexError as e:
-        job.record_failure(e)
+        if options.record_failure:
+            job.record_failure(e)
         raise
     finally:
         producer.flush(10)
@@ -197,6 +202,7 @@ class _JobRun:
         topic = self.settings.scorecards_topic
         request = self.request
         limit = _RateLimit(self.options.max_rate)
+        limit_bytes = self.settings.max_message_bytes
         total = max(self.checkpoint.selected or 0, self.checkpoint.published_scorecards)
         began = time.monotonic()
         progress_view = ProgressView(
@@ -214,6 +220,7 @@ class _JobRun:
                         clean_up=request.clean_up,
                         reindexed_at=self.checkpoint.started_at,  # same bytes if republished
                     ):
+                        check_message_size(limit_bytes, scorecard_name(key), key, value)
                         self.producer.send(topic, value, key=key, tag=number)
                     in_flight.append((number, page))
                     self._checkpoint_delivered(in_flight, MAX_PAGES_IN_FLIGHT)
