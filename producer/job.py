@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from producer.encode import page_messages
 from producer.source import Page, ScorecardSource, Selection, prefetched
+from reindex_common.cancel import CancelWatch, clear_cancel
 from reindex_common.errors import BadInputError, ReindexError
 from reindex_common.jobs import JobCheckpoint, read_checkpoint, write_checkpoint
 from reindex_common.kafka import ReliableProducer, ensure_topics, reindexer_topics
@@ -42,6 +43,11 @@ MAX_PAGES_IN_FLIGHT = 4
 
 class JobInterrupted(ReindexError):
     """Raised by an ``on_page`` hook to stop a job at a page boundary; a rerun resumes it."""
+
+
+class JobCancelled(JobInterrupted):
+    """The job was cancelled (``reindex jobs cancel``) and stopped at a page boundary; its state
+    is recorded ``cancelled``. A rerun resumes it."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +106,13 @@ def run_job(
             return previous
     producer = ReliableProducer(settings, client_id=f"reindex-producer-{request.job_id}")
     job = _JobRun(settings, request, options, producer, previous)
+    if not options.dry_run:
+        job.cancel_watch = CancelWatch(settings, request.job_id)
     try:
         return job.run()
+    except JobCancelled:
+        job.record_cancelled()
+        raise
     except JobInterrupted:
         log.info(
             "job %s stopped after %s published scorecards; rerun it to resume",
@@ -114,6 +125,8 @@ def run_job(
             job.record_failure(e)
         raise
     finally:
+        if job.cancel_watch is not None:
+            job.cancel_watch.close()
         producer.flush(10)
 
 
@@ -153,6 +166,7 @@ class _JobRun:
         self.request = request
         self.options = options
         self.producer = producer
+        self.cancel_watch: CancelWatch | None = None
         if previous is None or options.restart:
             self.checkpoint = JobCheckpoint(
                 job_id=request.job_id,
@@ -270,8 +284,20 @@ class _JobRun:
             )
 
     def _after_page(self) -> None:
+        if self.cancel_watch is not None and self.cancel_watch.cancelled:
+            raise JobCancelled(
+                f"job {self.request.job_id} cancelled after "
+                f"{self.checkpoint.published_scorecards:,} published scorecards "
+                "(reindex jobs cancel); rerun it to resume"
+            )
         if self.options.on_page is not None:
             self.options.on_page(self.checkpoint)
+
+    def record_cancelled(self) -> None:
+        """Record state ``cancelled``, then delete the cancel marker (see reindex_common/cancel)."""
+        self._record(state="cancelled", error="cancelled (reindex jobs cancel)")
+        clear_cancel(self.producer, self.settings, self.request.job_id)
+        log.info("job %s cancelled", self.request.job_id)
 
     def record_failure(self, error: Exception) -> None:
         """Best effort: mark the job failed so that `status` says why (a rerun resumes it)."""

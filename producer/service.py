@@ -36,7 +36,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from producer.job import JobInterrupted, JobOptions, run_job
+from producer.job import JobCancelled, JobInterrupted, JobOptions, run_job
 from producer.job_end import record_job_end
 from reindex_common.errors import BadInputError, KafkaError, ReindexError
 from reindex_common.kafka import (
@@ -195,6 +195,9 @@ class RequestService:
             attempt += 1
             try:
                 run_job(self.settings, request, options)  # it logs the job's end
+            except JobCancelled as e:  # recorded by the job; the queue moves on
+                log.warning("%s; going on with the next request", e)
+                return True
             except JobInterrupted:
                 return False
             except BadInputError as e:  # e.g. the job id exists with another range

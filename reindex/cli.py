@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from producer.cli_options import build_request, job_options
+from reindex.jobs_cancel import cancel as jobs_cancel
 from reindex_common.errors import BadInputError, ReindexError
 from reindex_common.messages import parse_time
 from reindex_common.settings import Settings, load_settings
@@ -453,6 +454,17 @@ def demo(
 
 
 # --- entry point -------------------------------------------------------------------------------
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+@cli.group()
+def jobs() -> None:
+    """The jobs of the jobs topic."""
+
+
+jobs.add_command(jobs_cancel)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -175,7 +175,7 @@ class ReliableProducer:
     def send(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         key: bytes | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
         tag: object = None,
@@ -183,7 +183,8 @@ class ReliableProducer:
     ) -> None:
         """Queue one message; when librdkafka's queue is full, serve callbacks and retry.
 
-        ``partition`` None lets the key choose it (the usual case).
+        ``partition`` None lets the key choose it (the usual case). A ``value`` of None is a
+        tombstone (it deletes ``key`` from a compacted topic).
 
         Messages sent with a ``tag`` are counted until delivered: :meth:`undelivered` tells when
         all of a tag's messages (a page, say) have been acknowledged by the broker.
