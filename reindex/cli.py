@@ -286,18 +286,26 @@ def request(**job: Any) -> None:
 
 @cli.command()
 @click.option("--max-rate", type=float, help="At most this many scorecards per second, per job.")
-def serve(max_rate: float | None) -> None:
+@click.option(
+    "--max-attempts",
+    default=8,
+    show_default=True,
+    callback=_positive,
+    help="Runs of a failing job before it is recorded failed and its request dead-lettered.",
+)
+def serve(max_rate: float | None, max_attempts: int) -> None:
     """Long-running producer service: take request messages and run each job.
 
     Commits a request only once its job is fully published; SIGTERM or Ctrl-C stops at the next
-    page boundary, and a restart resumes the job.
+    page boundary, and a restart resumes the job. A request that cannot be parsed goes to the DLQ
+    with the reason; a job that keeps failing is retried with backoff, then recorded failed.
     """
     from producer.service import ServeOptions, serve_forever  # noqa: PLC0415
 
     settings = _settings()
     _check_max_rate(max_rate)
     log.info("settings: %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
-    serve_forever(settings, ServeOptions(max_rate=max_rate))
+    serve_forever(settings, ServeOptions(max_rate=max_rate, max_attempts=max_attempts))
 
 
 # --- consumer ----------------------------------------------------------------------------------
