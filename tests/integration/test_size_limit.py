@@ -6,10 +6,12 @@ a scorecard over a small configured limit fails the job with one line naming it.
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from confluent_kafka import Producer
 from fix_pipeline import (
     assert_correct_result,
     insert_rows,
@@ -22,7 +24,8 @@ from fix_pipeline import (
 
 from reindex_common.clickhouse import shard_client
 from reindex_common.jobs import read_checkpoint
-from reindex_common.kafka import read_topic
+from reindex_common.kafka import ensure_topics, read_topic, reindexer_topics
+from reindex_common.messages import DlqMessage
 from reindex_common.routing import shard_for
 from reindex_common.settings import Settings
 
@@ -144,3 +147,46 @@ def test_a_scorecard_over_a_small_limit_fails_the_job_with_one_line(
     assert failed.state == "failed"
     assert failed.error is not None
     assert "big/p/too-big" in failed.error
+
+
+def test_a_poison_message_near_the_limit_is_dead_lettered_bounded_and_the_worker_goes_on(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    settings = pipeline_settings.replace(max_message_bytes=512 * 1024)
+    dsn = settings.director_dsn
+    _templates(dsn, 20)
+    _small_scorecards(dsn, 20)
+    # Valid JSON, not a scorecard: its envelope (base64 + text) would be ~2.3 times its size.
+    poison = json.dumps({"job_id": "x", "junk": "z" * 500_000}).encode()
+    ensure_topics(settings, reindexer_topics(settings))
+    plain = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    plain.produce(settings.scorecards_topic, value=poison, key=b"poison")
+    assert plain.flush(30) == 0
+
+    with workers(settings, tmp_path, "w1") as (w1,):
+        produced = reindex(
+            settings,
+            "produce",
+            "--start",
+            START.isoformat(),
+            "--end",
+            END.isoformat(),
+            "--job-id",
+            "after-poison",
+        )
+        assert produced.returncode == 0, produced.stderr
+        waited = reindex(settings, "status", "after-poison", "--wait", "--timeout", "240")
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+        assert w1.process.poll() is None, w1.output()
+        (envelope,) = [
+            DlqMessage.model_validate_json(v) for v in read_topic(settings, settings.dlq_topic)
+        ]
+    assert "Traceback" not in w1.output()
+    assert envelope.truncated
+    assert envelope.original_size == len(poison)
+    assert envelope.original_value is None
+    kept = base64.b64decode(envelope.original_value_base64)
+    assert poison.startswith(kept)
+    assert len(kept) > 300_000
+    assert envelope.reason.startswith("invalid scorecard message")
+    assert_correct_result(settings, dsn, START, END)
