@@ -201,7 +201,7 @@ class RequestService:
             except JobInterrupted:
                 return False
             except BadInputError as e:  # e.g. the job id exists with another range
-                return self._reject(consumer, message, str(e))
+                return self._reject(consumer, message, str(e), request.job_id)
             except Exception as e:
                 reason = str(e) if isinstance(e, ReindexError) else f"{type(e).__name__}: {e}"
                 if attempt >= self.options.max_attempts:
@@ -241,11 +241,12 @@ class RequestService:
                 delay = min(delay * 2, self.options.max_backoff_s)
         else:
             return False
-        return self._reject(
-            consumer, message, f"job {request.job_id} failed after {attempts} attempts: {reason}"
-        )
+        reason = f"job {request.job_id} failed after {attempts} attempts: {reason}"
+        return self._reject(consumer, message, reason, request.job_id)
 
-    def _reject(self, consumer: Consumer, message: Message, reason: str) -> bool:
+    def _reject(
+        self, consumer: Consumer, message: Message, reason: str, job_id: str | None = None
+    ) -> bool:
         """Send ``message`` to the DLQ with ``reason``; True once the broker has it."""
         log.warning("request %s rejected, sent to the DLQ: %s", _where(message), reason)
         envelope = dlq_message(
@@ -260,6 +261,8 @@ class RequestService:
         key = message.key()
         if key is not None and len(key) > MAX_REQUEST_BYTES:
             key = key[:MAX_REQUEST_BYTES]
+        if job_id is not None:
+            envelope = envelope.model_copy(update={"job_id": job_id})
         envelope = bound_envelope(envelope, self.settings.max_message_bytes, key)
         delay = self.options.backoff_s
         while not self.stopping:

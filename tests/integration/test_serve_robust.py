@@ -224,4 +224,5 @@ def test_a_job_that_keeps_failing_is_given_up_recorded_failed_and_the_next_one_r
 
     (dead,) = _dlq(settings)
     assert dead.source_offset == 0
+    assert dead.job_id == "doomed"
     assert dead.reason.startswith("job doomed failed after 3 attempts: scorecard big/p/huge is ")
