@@ -98,8 +98,9 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
         broker_commit_interval=settings.consumer_commit_interval,
         consumer_auto_offset_reset="earliest",
         # Bound what is fetched ahead of the agent, so that a worker's memory does not depend on
-        # how much of a job waits in the topic: per partition, per poll, and in the intake.
-        consumer_max_fetch_size=256 * 1024,
+        # how much of a job waits in the topic: per poll and in the intake. Per partition, the
+        # size limit: aiokafka skips (loses) a record that a fetch of this size cannot hold.
+        consumer_max_fetch_size=settings.max_message_bytes,
         broker_max_poll_records=settings.consumer_batch_size,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,

@@ -23,6 +23,7 @@ from consumer.writer import ShardWriter
 from reindex_common.kafka import ReliableProducer
 from reindex_common.messages import dlq_message, dump
 from reindex_common.settings import Settings
+from reindex_common.size_limit import bound_envelope
 
 log = logging.getLogger("reindex.consumer")
 
@@ -93,7 +94,9 @@ class BatchProcessor:
                 offset=raw.offset,
                 key=raw.key,
                 value=raw.value,
+                job_id=rejected.job_id,
             )
+            envelope = bound_envelope(envelope, self.settings.max_message_bytes, raw.key)
             self.producer.send(self.settings.dlq_topic, dump(envelope), key=raw.key)
 
         futures = [

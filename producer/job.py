@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from producer.encode import page_messages
 from producer.source import Page, ScorecardSource, Selection, prefetched
+from reindex_common.cancel import CancelWatch, clear_cancel
 from reindex_common.errors import BadInputError, ReindexError
 from reindex_common.jobs import JobCheckpoint, read_checkpoint, write_checkpoint
 from reindex_common.kafka import ReliableProducer, ensure_topics, reindexer_topics
@@ -33,6 +34,7 @@ from reindex_common.lag import LagGate
 from reindex_common.messages import ReindexRequest
 from reindex_common.progress import ProgressView
 from reindex_common.settings import Settings
+from reindex_common.size_limit import check_message_size, scorecard_name
 
 log = logging.getLogger("reindex.producer")
 
@@ -44,6 +46,11 @@ class JobInterrupted(ReindexError):
     """Raised by an ``on_page`` hook to stop a job at a page boundary; a rerun resumes it."""
 
 
+class JobCancelled(JobInterrupted):
+    """The job was cancelled (``reindex jobs cancel``) and stopped at a page boundary; its state
+    is recorded ``cancelled``. A rerun resumes it."""
+
+
 @dataclass(frozen=True)
 class JobOptions:
     restart: bool = False  # run a finished (or half-done) job again from the start
@@ -53,6 +60,9 @@ class JobOptions:
     # Called with the checkpoint after the count and after every recorded page; may raise
     # JobInterrupted. The request service keeps its consumer group membership alive here.
     on_page: Callable[[JobCheckpoint], None] | None = None
+    # Record state "failed" when the job fails. The request service retries a failing job and
+    # records the failure itself once it gives up, so that a retry never looks failed.
+    record_failure: bool = True
 
 
 def _same_request(a: ReindexRequest, b: ReindexRequest) -> bool:
@@ -97,8 +107,13 @@ def run_job(
             return previous
     producer = ReliableProducer(settings, client_id=f"reindex-producer-{request.job_id}")
     job = _JobRun(settings, request, options, producer, previous)
+    if not options.dry_run:
+        job.cancel_watch = CancelWatch(settings, request.job_id)
     try:
         return job.run()
+    except JobCancelled:
+        job.record_cancelled()
+        raise
     except JobInterrupted:
         log.info(
             "job %s stopped after %s published scorecards; rerun it to resume",
@@ -107,9 +122,12 @@ def run_job(
         )
         raise
     except ReindexError as e:
-        job.record_failure(e)
+        if options.record_failure:
+            job.record_failure(e)
         raise
     finally:
+        if job.cancel_watch is not None:
+            job.cancel_watch.close()
         producer.flush(10)
 
 
@@ -172,6 +190,7 @@ class _JobRun:
         self.request = request
         self.options = options
         self.producer = producer
+        self.cancel_watch: CancelWatch | None = None
         if previous is None or options.restart:
             self.checkpoint = JobCheckpoint(
                 job_id=request.job_id,
@@ -221,6 +240,7 @@ class _JobRun:
         topic = self.settings.scorecards_topic
         request = self.request
         limit = _RateLimit(self.options.max_rate)
+        limit_bytes = self.settings.max_message_bytes
         total = max(self.checkpoint.selected or 0, self.checkpoint.published_scorecards)
         began = time.monotonic()
         progress_view = ProgressView(
@@ -238,6 +258,7 @@ class _JobRun:
                         clean_up=request.clean_up,
                         reindexed_at=self.checkpoint.started_at,  # same bytes if republished
                     ):
+                        check_message_size(limit_bytes, scorecard_name(key), key, value)
                         self.producer.send(topic, value, key=key, tag=number)
                     in_flight.append((number, page))
                     self._checkpoint_delivered(in_flight, MAX_PAGES_IN_FLIGHT)
@@ -293,8 +314,20 @@ class _JobRun:
             )
 
     def _after_page(self) -> None:
+        if self.cancel_watch is not None and self.cancel_watch.cancelled:
+            raise JobCancelled(
+                f"job {self.request.job_id} cancelled after "
+                f"{self.checkpoint.published_scorecards:,} published scorecards "
+                "(reindex jobs cancel); rerun it to resume"
+            )
         if self.options.on_page is not None:
             self.options.on_page(self.checkpoint)
+
+    def record_cancelled(self) -> None:
+        """Record state ``cancelled``, then delete the cancel marker (see reindex_common/cancel)."""
+        self._record(state="cancelled", error="cancelled (reindex jobs cancel)")
+        clear_cancel(self.producer, self.settings, self.request.job_id)
+        log.info("job %s cancelled", self.request.job_id)
 
     def record_failure(self, error: Exception) -> None:
         """Best effort: mark the job failed so that `status` says why (a rerun resumes it)."""

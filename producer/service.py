@@ -8,9 +8,13 @@ request's job. For every request message, in order:
 3. run (or resume) its job; between pages, ``poll(0)`` keeps the group membership alive;
 4. commit the request's offset, synchronously, and resume the assignment.
 
-Nothing is committed before its job is fully published, or its DLQ envelope acknowledged. A job
-that fails for a transient reason (Kafka or Postgres unreachable) is retried with backoff; a
-service stopped (SIGTERM, Ctrl-C: at the next page boundary) or killed mid-job gets the same
+Nothing is committed before its job is fully published, or its DLQ envelope acknowledged. No
+request can stop the service: one that cannot be parsed (bad JSON, unknown fields, times out of
+range, a body over ``MAX_REQUEST_BYTES``) goes to the DLQ with the reason. A job that fails is
+retried with backoff, up to ``ServeOptions.max_attempts`` runs; then it is recorded ``failed``
+with the reason in the jobs topic (only then: a job being retried still shows ``running``), its
+request goes to the DLQ and is committed, and the service goes on with the next one. A service
+stopped (SIGTERM, Ctrl-C: at the next page boundary) or killed mid-job gets the same
 request again on restart, and the job resumes after its last checkpoint. A request without a
 ``job_id`` gets one derived from its position in the topic and its bytes, so that its job too
 resumes instead of starting over. A request seen again after its job finished (a commit lost to a
@@ -32,11 +36,18 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from producer.job import JobInterrupted, JobOptions, run_job
+from producer.job import JobCancelled, JobInterrupted, JobOptions, run_job
+from producer.job_end import record_job_end
 from reindex_common.errors import BadInputError, KafkaError, ReindexError
-from reindex_common.kafka import ReliableProducer, ensure_topics, reindexer_topics
+from reindex_common.kafka import (
+    ReliableProducer,
+    consumer_size_config,
+    ensure_topics,
+    reindexer_topics,
+)
 from reindex_common.messages import ReindexRequest, dlq_message, dump, parse_request
 from reindex_common.settings import Settings
+from reindex_common.size_limit import bound_envelope
 
 log = logging.getLogger("reindex.serve")
 
@@ -45,6 +56,8 @@ log = logging.getLogger("reindex.serve")
 SESSION_TIMEOUT_MS = 6_000
 # What counts between two polls is one page of a job (plus the count query before the first).
 MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
+# A request is a few hundred bytes; anything much larger is not one, and is not parsed.
+MAX_REQUEST_BYTES = 64 * 1024
 
 
 def serve_group(settings: Settings) -> str:
@@ -58,6 +71,7 @@ class ServeOptions:
     backoff_s: float = 1.0  # first wait before retrying a failed job; doubles up to the maximum
     max_backoff_s: float = 60.0
     poll_s: float = 1.0  # how long an idle poll waits (and so how soon a stop is noticed)
+    max_attempts: int = 8  # runs of a failing job before it is recorded failed and skipped
 
 
 def derived_job_id(message: Message) -> str:
@@ -100,6 +114,7 @@ class RequestService:
                     "session.timeout.ms": SESSION_TIMEOUT_MS,
                     "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 4,
                     "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
+                    **consumer_size_config(self.settings),
                 }
             )
             consumer.subscribe([self.settings.requests_topic])
@@ -121,7 +136,13 @@ class RequestService:
                         raise KafkaError(f"cannot consume requests: {error.str()}")
                     log.warning("consuming requests: %s", error.str())
                     continue
-                self._handle(consumer, message)
+                try:
+                    self._handle(consumer, message)
+                except Exception as e:  # a bug: the request must not stop the service either
+                    log.exception("request %s: unexpected error", _where(message))
+                    reason = f"unexpected error: {type(e).__name__}: {e}"
+                    if self._reject(consumer, message, reason):
+                        self._commit(consumer, message)
         finally:
             log.info("stopping: leaving group %s", serve_group(self.settings))
             consumer.close()
@@ -130,10 +151,19 @@ class RequestService:
 
     def _handle(self, consumer: Consumer, message: Message) -> None:
         with self._paused(consumer):
+            raw = message.value() or b""
             try:
-                request = parse_request(message.value() or b"")
+                if len(raw) > MAX_REQUEST_BYTES:
+                    raise BadInputError(
+                        f"request of {len(raw):,} bytes is over the {MAX_REQUEST_BYTES:,} bytes "
+                        "a request may have; not parsed"
+                    )
+                request = parse_request(raw)
             except BadInputError as e:
                 done = self._reject(consumer, message, str(e))
+            except Exception as e:  # whatever the parser did not foresee is bad input too
+                reason = f"invalid reindex request: {type(e).__name__}: {e}"
+                done = self._reject(consumer, message, reason)
             else:
                 if "job_id" not in request.model_fields_set:
                     request = request.model_copy(update={"job_id": derived_job_id(message)})
@@ -152,26 +182,37 @@ class RequestService:
                 self._commit(consumer, message)
 
     def _run(self, consumer: Consumer, message: Message, request: ReindexRequest) -> bool:
-        """Run the job until it is done (True), or until the service stops (False)."""
+        """Run the job until it is done or given up (True: commit), or the service stops (False)."""
         options = JobOptions(
             max_rate=self.options.max_rate,
             show_progress=False,
             on_page=lambda _cp: self._between_pages(consumer),
+            record_failure=False,  # recorded below, once retrying is over
         )
         delay = self.options.backoff_s
+        attempt = 0
         while not self.stopping:
+            attempt += 1
             try:
                 run_job(self.settings, request, options)  # it logs the job's end
+            except JobCancelled as e:  # recorded by the job; the queue moves on
+                log.warning("%s; going on with the next request", e)
+                return True
             except JobInterrupted:
                 return False
             except BadInputError as e:  # e.g. the job id exists with another range
-                return self._reject(consumer, message, str(e))
-            except ReindexError as e:
+                return self._reject(consumer, message, str(e), request.job_id)
+            except Exception as e:
+                reason = str(e) if isinstance(e, ReindexError) else f"{type(e).__name__}: {e}"
+                if attempt >= self.options.max_attempts:
+                    return self._give_up(consumer, message, request, attempt, reason)
                 log.error(
-                    "job %s failed, retrying in %.0f s (request not committed): %s",
+                    "job %s failed (attempt %d of %d), retrying in %.0f s: %s",
                     request.job_id,
+                    attempt,
+                    self.options.max_attempts,
                     delay,
-                    e,
+                    reason,
                 )
                 self._wait(consumer, delay)
                 delay = min(delay * 2, self.options.max_backoff_s)
@@ -179,7 +220,33 @@ class RequestService:
             return True
         return False
 
-    def _reject(self, consumer: Consumer, message: Message, reason: str) -> bool:
+    def _give_up(
+        self,
+        consumer: Consumer,
+        message: Message,
+        request: ReindexRequest,
+        attempts: int,
+        reason: str,
+    ) -> bool:
+        """Record the job failed, dead-letter its request; True once both are durable."""
+        log.error("job %s failed %d times, giving up: %s", request.job_id, attempts, reason)
+        delay = self.options.backoff_s
+        while not self.stopping:
+            try:
+                record_job_end(self.settings, request, "failed", reason)
+                break
+            except ReindexError as e:
+                log.error("cannot record job %s failed, retrying: %s", request.job_id, e)
+                self._wait(consumer, delay)
+                delay = min(delay * 2, self.options.max_backoff_s)
+        else:
+            return False
+        reason = f"job {request.job_id} failed after {attempts} attempts: {reason}"
+        return self._reject(consumer, message, reason, request.job_id)
+
+    def _reject(
+        self, consumer: Consumer, message: Message, reason: str, job_id: str | None = None
+    ) -> bool:
         """Send ``message`` to the DLQ with ``reason``; True once the broker has it."""
         log.warning("request %s rejected, sent to the DLQ: %s", _where(message), reason)
         envelope = dlq_message(
@@ -191,11 +258,17 @@ class RequestService:
             key=message.key(),
             value=message.value(),
         )
+        key = message.key()
+        if key is not None and len(key) > MAX_REQUEST_BYTES:
+            key = key[:MAX_REQUEST_BYTES]
+        if job_id is not None:
+            envelope = envelope.model_copy(update={"job_id": job_id})
+        envelope = bound_envelope(envelope, self.settings.max_message_bytes, key)
         delay = self.options.backoff_s
         while not self.stopping:
             try:
                 producer = ReliableProducer(self.settings, client_id="reindex-serve-dlq")
-                producer.send(self.settings.dlq_topic, dump(envelope), key=message.key())
+                producer.send(self.settings.dlq_topic, dump(envelope), key=key)
                 producer.flush(30)
                 return True
             except ReindexError as e:

@@ -17,6 +17,7 @@ import click
 
 from producer.cli_options import build_request, job_options, max_lag_option, range_options
 from reindex.dlq_commands import dlq
+from reindex.jobs_cancel import cancel as jobs_cancel
 from reindex.output import emit_json, output_option, say
 from reindex_common.errors import BadInputError, NotCleanError, ReindexError
 from reindex_common.messages import parse_time
@@ -320,18 +321,26 @@ def request(**job: Any) -> None:
 @cli.command()
 @click.option("--max-rate", type=float, help="At most this many scorecards per second, per job.")
 @max_lag_option
-def serve(max_rate: float | None, max_lag: int | None) -> None:
+@click.option(
+    "--max-attempts",
+    default=8,
+    show_default=True,
+    callback=_positive,
+    help="Runs of a failing job before it is recorded failed and its request dead-lettered.",
+)
+def serve(max_rate: float | None, max_lag: int | None, max_attempts: int) -> None:
     """Long-running producer service: take request messages and run each job.
 
     Commits a request only once its job is fully published; SIGTERM or Ctrl-C stops at the next
-    page boundary, and a restart resumes the job.
+    page boundary, and a restart resumes the job. A request that cannot be parsed goes to the DLQ
+    with the reason; a job that keeps failing is retried with backoff, then recorded failed.
     """
     from producer.service import ServeOptions, serve_forever  # noqa: PLC0415
 
     settings = _with_max_lag(_settings(), max_lag)
     _check_max_rate(max_rate)
     log.info("settings: %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
-    serve_forever(settings, ServeOptions(max_rate=max_rate))
+    serve_forever(settings, ServeOptions(max_rate=max_rate, max_attempts=max_attempts))
 
 
 # --- consumer ----------------------------------------------------------------------------------
@@ -687,6 +696,7 @@ def demo(
 
 
 cli.add_command(dlq)
+jobs.add_command(jobs_cancel)
 
 # --- entry point -------------------------------------------------------------------------------
 

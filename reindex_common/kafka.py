@@ -43,14 +43,28 @@ class TopicSpec:
 
 
 def reindexer_topics(settings: Settings) -> list[TopicSpec]:
-    """Every topic the reindexer uses; producer, service and workers create the missing ones."""
+    """Every topic the reindexer uses; producer, service and workers create the missing ones.
+
+    Each accepts messages up to ``REINDEX_MAX_MESSAGE_BYTES`` (a broker's default is about 1 MB).
+    """
+    size = {"max.message.bytes": str(settings.max_message_bytes)}
     return [
-        TopicSpec(settings.scorecards_topic, settings.topic_partitions),
-        TopicSpec(settings.requests_topic, 1),
-        TopicSpec(settings.dlq_topic, 1),
-        TopicSpec(settings.jobs_topic, 1, {"cleanup.policy": "compact"}),
-        TopicSpec(settings.written_topic, 1),
+        TopicSpec(settings.scorecards_topic, settings.topic_partitions, size),
+        TopicSpec(settings.requests_topic, 1, size),
+        TopicSpec(settings.dlq_topic, 1, size),
+        TopicSpec(settings.jobs_topic, 1, {"cleanup.policy": "compact", **size}),
+        TopicSpec(settings.written_topic, 1, size),
     ]
+
+
+def consumer_size_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka consumer settings that let every message under the limit be fetched."""
+    fetch_max = max(settings.max_message_bytes, 52_428_800)  # librdkafka's default, at least
+    return {
+        "max.partition.fetch.bytes": settings.max_message_bytes,
+        "fetch.max.bytes": fetch_max,
+        "receive.message.max.bytes": max(fetch_max + 512, 100_000_000),
+    }
 
 
 def _admin(settings: Settings) -> AdminClient:
@@ -106,12 +120,21 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout_s: flo
 
 
 class ReliableProducer:
-    """confluent-kafka ``Producer`` that counts deliveries and raises on any failure."""
+    """confluent-kafka ``Producer`` that counts deliveries and raises on any failure.
+
+    A failure is raised once, by the first call that sees it, and then forgotten: the producer
+    goes on with the messages sent after it (a caller that must not go on stops itself). When
+    librdkafka reports a fatal error (the idempotent producer's state is lost), the client is
+    replaced by a new one, so that later messages are not refused forever.
+    """
 
     def __init__(self, settings: Settings, *, client_id: str, **overrides: Any) -> None:
+        self._fatal: list[str] = []
         config: dict[str, Any] = {
             **settings.kafka_client_config(),
+            "error_cb": self._on_error,
             "client.id": client_id,
+            "message.max.bytes": settings.max_message_bytes,
             "enable.idempotence": True,
             "acks": "all",
             "compression.type": "lz4",
@@ -120,6 +143,7 @@ class ReliableProducer:
             "message.timeout.ms": 120_000,
             **overrides,
         }
+        self._config = config
         self._producer = Producer(config)
         self._bootstrap = settings.kafka_bootstrap
         self.failures: list[str] = []
@@ -127,6 +151,10 @@ class ReliableProducer:
         self.max_offsets: dict[tuple[str, int], int] = {}
         # tag -> messages sent with that tag and not delivered yet (see ``send(tag=...)``)
         self._undelivered: dict[object, int] = {}
+
+    def _on_error(self, error: ConfluentKafkaError) -> None:
+        if error.fatal():
+            self._fatal.append(str(error.str()))
 
     def _on_delivery(self, error: Any, message: Message, tag: object = None) -> None:
         if error is not None:
@@ -147,12 +175,16 @@ class ReliableProducer:
     def send(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         key: bytes | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
         tag: object = None,
+        partition: int | None = None,
     ) -> None:
         """Queue one message; when librdkafka's queue is full, serve callbacks and retry.
+
+        ``partition`` None lets the key choose it (the usual case). A ``value`` of None is a
+        tombstone (it deletes ``key`` from a compacted topic).
 
         Messages sent with a ``tag`` are counted until delivered: :meth:`undelivered` tells when
         all of a tag's messages (a page, say) have been acknowledged by the broker.
@@ -163,12 +195,20 @@ class ReliableProducer:
         while True:
             try:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=callback
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    on_delivery=callback,
+                    partition=-1 if partition is None else partition,  # -1: the key chooses
                 )
                 break
             except BufferError:
                 self._producer.poll(0.05)
             except KafkaException as e:
+                if e.args[0].fatal() or e.args[0].code() == ConfluentKafkaError._FATAL:
+                    self._fatal.append(str(e.args[0].str()))
+                    self._renew()
                 raise KafkaError(f"cannot produce to {topic}: {e.args[0].str()}") from e
         self._producer.poll(0)
         if self.failures:
@@ -199,9 +239,20 @@ class ReliableProducer:
             )
 
     def _raise_failures(self) -> None:
+        if self._fatal:
+            self._renew()  # its purged messages count among the failures reported now
         first = self.failures[0]
         count = len(self.failures)
+        self.failures.clear()  # reported once: the messages sent after it may still get through
         raise KafkaError(f"{count} message(s) could not be delivered to Kafka: {first}")
+
+    def _renew(self) -> None:
+        """Replace a client that hit a fatal error; what it still held is reported as failed."""
+        log.warning("Kafka producer hit a fatal error, starting a new one: %s", self._fatal[0])
+        self._fatal.clear()
+        self._producer.purge()
+        self._producer.flush(0)
+        self._producer = Producer(self._config)
 
 
 # How long one TopicTail.read_new may keep reading a topic that keeps growing.
@@ -223,6 +274,7 @@ class TopicTail:
             {
                 **settings.kafka_client_config(),
                 "group.id": f"reindex-reader-{uuid.uuid4().hex[:8]}",  # never joins: manual assign
+                **consumer_size_config(settings),
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 # A short fetch wait makes an empty fetch (and so the end-of-partition event)

@@ -45,7 +45,10 @@ def as_utc(value: datetime) -> datetime:
         return value.replace(tzinfo=UTC)
     if value.tzinfo is UTC:
         return value
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00: before year 1 in UTC
+        raise ValueError(f"{value.isoformat()} is out of range in UTC") from None
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
@@ -259,6 +262,7 @@ def dlq_message(
     offset: int | None,
     key: bytes | None,
     value: bytes | None,
+    job_id: str | None = None,
 ) -> DlqMessage:
     """The DLQ envelope for a message that could not be processed, keeping its exact bytes."""
     raw = value or b""
@@ -275,4 +279,5 @@ def dlq_message(
         original_key_base64=None if key is None else base64.b64encode(key).decode(),
         original_value_base64=base64.b64encode(raw).decode(),
         original_value=text,
+        job_id=job_id,
     )
