@@ -539,6 +539,117 @@ def verify(
         raise NotCleanError("verification failed: reindex the buckets listed above")
 
 
+# --- check -------------------------------------------------------------------------------------
+
+
+@cli.command()
+def check() -> None:
+    """Check every configured service, the consumer group and the effective settings.
+
+    One line per check: both Postgres DSNs (source tables readable), Kafka (the topics and their
+    partitions), every shard (database, tables, columns, engine), the consumer group (live
+    members, messages behind); then each setting, masked, with where it came from. Exit 0 only
+    when every check passes, 1 otherwise.
+    """
+    from reindex.check import effective_settings, run_checks  # noqa: PLC0415
+
+    settings = _settings()
+    checks = run_checks(settings)
+    for one in checks:
+        click.echo(one.line())
+    for setting in effective_settings(settings):
+        click.echo(setting.line())
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        names = ", ".join(dict.fromkeys(c.name for c in failed))
+        raise ReindexError(f"{len(failed)} of {len(checks)} checks failed: {names}")
+
+
+# --- repair ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@range_options
+@click.option("--types", help="Scorecard types, comma-separated: PROCESS,CONVERSATION.")
+@click.option(
+    "--mode",
+    type=click.Choice(["process", "conversation", "all"]),
+    help="Shorthand for --types (default: REINDEX_MODE).",
+)
+@click.option(
+    "--bucket",
+    type=click.Choice(["day", "hour"]),
+    default="day",
+    show_default=True,
+    help="Verify and mend per day or per hour of created_at.",
+)
+@click.option(
+    "--max-rounds",
+    type=int,
+    default=3,
+    show_default=True,
+    callback=_positive,
+    help="Mend and verify again at most this many times.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="How long to wait, in all, for the consumers to write the repair jobs.",
+)
+def repair(
+    start: str | None,
+    end: str | None,
+    last: str | None,
+    types: str | None,
+    mode: str | None,
+    bucket: str,
+    max_rounds: int,
+    timeout: float,
+) -> None:
+    """Verify a range and mend exactly the buckets that differ (consumers must be running).
+
+    Per differing bucket: delete rows of scorecards Postgres no longer has and rows on the wrong
+    shard, rewrite the bucket with clean-up, wait, verify again (narrowing a day to its hours).
+    Exit 0 when the whole range matches, 3 when differences are left after --max-rounds,
+    4 when the consumers did not write the repair jobs within --timeout.
+
+    \b
+    Examples:
+      reindex repair --start 2026-03-01 --end 2026-03-08 --mode all
+      reindex repair --last 24h --bucket hour --max-rounds 5
+    """
+    from reindex.repair import repair as run_repair  # noqa: PLC0415
+    from reindex_common.errors import NotCleanError  # noqa: PLC0415
+
+    settings = _settings()
+    request = build_request(
+        settings,
+        start=start,
+        end=end,
+        last=last,
+        types=types,
+        mode=mode,
+        batch_size=None,
+        clean_up=True,
+        job_id="repair",
+    )
+    report = run_repair(
+        settings,
+        request.start,
+        request.end,
+        request.scorecard_types,
+        "hour" if bucket == "hour" else "day",
+        max_rounds=max_rounds,
+        timeout_s=timeout,
+        say=lambda line: click.echo(line, err=True),
+    )
+    click.echo(report.describe())
+    if not report.ok:
+        raise NotCleanError(f"{len(report.left)} bucket(s) still differ after repair")
+
+
 # --- demo --------------------------------------------------------------------------------------
 
 

@@ -3,9 +3,12 @@
 For every time bucket (by the scorecard's ``created_at``) it compares Postgres with the union of
 the shards read with ``FINAL``: the number of scorecards and of scores, and an order-independent
 checksum of every SPEC §3 column (the sum, modulo 2**64, of a 64-bit BLAKE2b hash of each row's
-canonical form). It also counts rows that sit on the wrong shard. Rows are streamed from both
-sides and hashed here, so memory stays flat whatever the range; that costs a full read of the
-range on both sides — choose the range and bucket size accordingly.
+canonical form). It also counts rows that sit on the wrong shard: scorecard rows, and score rows
+— also those whose scorecard row is not on that shard (:func:`stray_scores`; they are placed in
+the bucket of their scorecard's ``created_at`` as Postgres, else the scorecard's own shard, has
+it). Rows are streamed from both sides and hashed here, so memory stays flat whatever the range;
+that costs a full read of the range on both sides, plus a scan of the score keys of each shard
+for stray score rows — choose the range and bucket size accordingly.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from reindex_common.selection import CREATED_AT, SCORECARD_FIELDS, SELECTION
 from reindex_common.settings import Settings
 
 Bucket = Literal["day", "hour"]
+Key = tuple[str, str, str]  # (customer_id, profile_id, scorecard_id)
 MASK = (1 << 64) - 1
 
 # The columns compared, in the same order on both sides (the job columns are not compared).
@@ -62,6 +66,35 @@ INNER JOIN (
 ) AS c ON s.customer_id = c.customer_id AND s.profile_id = c.profile_id
       AND s.scorecard_id = c.scorecard_id
 """
+
+# Score rows on a shard that is not their customer's, whose scorecard row (in range) is not on
+# that shard either: the join above cannot see them. Without FINAL: uniqExact counts each score
+# key once, as FINAL would.
+_CH_STRAY_SCORES = """
+SELECT customer_id, profile_id, scorecard_id, uniqExact(criterion_id)
+FROM scorecard_scores
+WHERE cityHash64(customer_id) % {shards:UInt64} != {index:UInt64}
+  AND scorecard_type IN {types:Array(String)}
+  AND (customer_id, profile_id, scorecard_id) NOT IN (
+    SELECT customer_id, profile_id, scorecard_id FROM scorecards FINAL
+    WHERE created_at >= {start:DateTime64(6, 'UTC')} AND created_at < {end:DateTime64(6, 'UTC')}
+      AND scorecard_type IN {types:Array(String)})
+GROUP BY customer_id, profile_id, scorecard_id
+"""
+
+# Client-side binding (%(keys)s): the key list travels in the body, not the URL.
+_CH_CARDS_OF_KEYS = """
+SELECT customer_id, profile_id, scorecard_id, created_at, scorecard_type FROM scorecards FINAL
+WHERE (customer_id, profile_id, scorecard_id) IN (SELECT arrayJoin(%(keys)s))
+"""
+
+_PG_CREATED_OF_KEYS = f"""
+SELECT s.customer_id, s.profile_id, s.scorecard_id, s.created_at {SELECTION}
+  AND (s.customer_id, s.profile_id, s.scorecard_id) IN (
+    SELECT * FROM unnest(%(c)s::text[], %(p)s::text[], %(s)s::text[]))
+"""
+
+_BIG_QUERY = {"max_query_size": 4 * 1024 * 1024}
 
 
 def _canon(value: Any) -> Any:
@@ -261,7 +294,98 @@ def _target(
                                 tally.wrong_shard += 1
         except ClickHouseError as e:
             raise wrap_error(e, shard, "read for verify") from e
+    for stray in stray_scores(settings, start, end, types):
+        tallies[bucket_of(stray.created_at, bucket)].wrong_shard += stray.rows
     return tallies
+
+
+@dataclass(frozen=True)
+class StrayScores:
+    """Score rows of one scorecard on a shard that is not its own, where that shard holds no
+    scorecard row of it in the range; ``created_at`` is the scorecard's (in the range)."""
+
+    shard: int
+    key: Key
+    rows: int
+    created_at: datetime
+
+
+def stray_scores(
+    settings: Settings, start: datetime, end: datetime, types: Sequence[str]
+) -> list[StrayScores]:
+    """Every :class:`StrayScores` whose scorecard lies in ``[start, end)`` with a type in
+    ``types``: by Postgres's selection, else by the scorecard row on the scorecard's own shard.
+    Stray score rows of scorecards found in neither are not in the range: they are left out."""
+    count = len(settings.shards)
+    found: list[tuple[int, Key, int]] = []
+    params = {"start": start, "end": end, "types": list(types), "shards": count}
+    for shard in settings.shards:
+        try:
+            with shard_client(shard, database=settings.clickhouse_database) as client:
+                rows = client.query(
+                    _CH_STRAY_SCORES, parameters={**params, "index": shard.index}
+                ).result_rows
+        except ClickHouseError as e:
+            raise wrap_error(e, shard, "look for stray score rows") from e
+        found += [(shard.index, (str(r[0]), str(r[1]), str(r[2])), int(r[3])) for r in rows]
+    if not found:
+        return []
+    keys = sorted({key for _, key, _ in found})
+    created = _created_in_source(settings, start, end, types, keys)
+    missing = [k for k in keys if k not in created]
+    if missing:
+        created.update(_created_on_own_shards(settings, start, end, types, missing))
+    return [
+        StrayScores(index, key, rows, created[key]) for index, key, rows in found if key in created
+    ]
+
+
+def _created_in_source(
+    settings: Settings, start: datetime, end: datetime, types: Sequence[str], keys: list[Key]
+) -> dict[Key, datetime]:
+    params = {
+        "start": start,
+        "end": end,
+        "types": list(types),
+        "c": [k[0] for k in keys],
+        "p": [k[1] for k in keys],
+        "s": [k[2] for k in keys],
+    }
+    try:
+        with connect(settings.director_dsn, what="the director Postgres") as director:
+            rows = director.execute(_PG_CREATED_OF_KEYS, params).fetchall()
+    except psycopg.Error as e:
+        raise SourceUnavailableError(f"cannot read Postgres for verify: {first_line(e)}") from e
+    return {(r[0], r[1], r[2]): r[3] for r in rows}
+
+
+def _created_on_own_shards(
+    settings: Settings, start: datetime, end: datetime, types: Sequence[str], keys: list[Key]
+) -> dict[Key, datetime]:
+    count = len(settings.shards)
+    by_shard: dict[int, list[Key]] = defaultdict(list)
+    for key in keys:
+        by_shard[shard_for(key[0], count)].append(key)
+    lo, hi = _aware(start), _aware(end)
+    created: dict[Key, datetime] = {}
+    for index, wanted in by_shard.items():
+        shard = settings.shards[index]
+        try:
+            with shard_client(shard, database=settings.clickhouse_database) as client:
+                rows = client.query(
+                    _CH_CARDS_OF_KEYS, parameters={"keys": wanted}, settings=_BIG_QUERY
+                ).result_rows
+        except ClickHouseError as e:
+            raise wrap_error(e, shard, "read for verify") from e
+        for r in rows:
+            when = _aware(r[3])
+            if lo <= when < hi and r[4] in types:
+                created[(str(r[0]), str(r[1]), str(r[2]))] = when
+    return created
+
+
+def _aware(moment: datetime) -> datetime:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def verify(
