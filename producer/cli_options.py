@@ -8,8 +8,9 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from reindex import cli_types
 from reindex_common.errors import BadInputError
-from reindex_common.messages import ReindexRequest, describe_validation_error, parse_time
+from reindex_common.messages import ReindexRequest, describe_validation_error
 from reindex_common.settings import MODE_TYPES, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,13 +27,21 @@ def job_options(command: F) -> F:
             type=click.Choice(["process", "conversation", "all"]),
             help="Shorthand for --types (default: REINDEX_MODE).",
         ),
-        click.option("--batch-size", type=int, help="Page size (default: REINDEX_BATCH_SIZE)."),
+        click.option(
+            "--batch-size",
+            type=cli_types.BATCH_SIZE,
+            help="Page size (default: REINDEX_BATCH_SIZE).",
+        ),
         click.option(
             "--clean-up",
             is_flag=True,
             help="Delete what the shards hold for each scorecard before writing it.",
         ),
-        click.option("--job-id", help="Job id (generated when absent); rerun with it to resume."),
+        click.option(
+            "--job-id",
+            type=cli_types.JOB_ID,
+            help="Job id (generated when absent); rerun with it to resume.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -67,8 +76,8 @@ def build_request(
     if size < 1:
         raise BadInputError(f"--batch-size must be at least 1 (got {size})")
     values: dict[str, Any] = {
-        "start": parse_time(start),
-        "end": parse_time(end),
+        "start": cli_types.parse_time_option(start, "--start"),
+        "end": cli_types.parse_time_option(end, "--end"),
         "scorecard_types": chosen,
         "batch_size": size,
         "clean_up": clean_up,

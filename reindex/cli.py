@@ -16,8 +16,9 @@ from typing import Any
 import click
 
 from producer.cli_options import build_request, job_options
+from reindex import cli_types
 from reindex_common.errors import BadInputError, ReindexError
-from reindex_common.messages import parse_time
+from reindex_common.masking import redact
 from reindex_common.settings import Settings, load_settings
 
 log = logging.getLogger("reindex")
@@ -99,6 +100,7 @@ def _positive(_ctx: click.Context, param: click.Parameter, value: int) -> int:
     "--scorecards",
     default=20_000,
     show_default=True,
+    type=cli_types.SCORECARDS,
     callback=_positive,
     help="How many scorecards to generate.",
 )
@@ -119,6 +121,7 @@ def _positive(_ctx: click.Context, param: click.Parameter, value: int) -> int:
     "--days",
     default=180,
     show_default=True,
+    type=cli_types.DAYS,
     callback=_positive,
     help="Spread created_at over this many days.",
 )
@@ -126,17 +129,28 @@ def _positive(_ctx: click.Context, param: click.Parameter, value: int) -> int:
     "--mean-scores",
     default=10,
     show_default=True,
+    type=cli_types.MEAN_SCORES,
     callback=_positive,
     help="Average number of scores per scorecard.",
 )
-def seed(scorecards: int, seed_value: int, start: str, days: int, mean_scores: int) -> None:
-    """Write deterministic synthetic scorecards and scores to Postgres (creates the tables)."""
-    from reindex_common.pg import init_source_schema  # noqa: PLC0415
+@click.option("--yes", is_flag=True, help="Write even to a database `seed` did not create.")
+def seed(
+    scorecards: int, seed_value: int, start: str, days: int, mean_scores: int, yes: bool
+) -> None:
+    """Write deterministic synthetic scorecards and scores to Postgres (creates the tables).
+
+    Only into source schemas that reindex created (``schema init --source``, ``seed``, ``demo``),
+    unless ``--yes``: fake rows must never land in real ``director``/``historic`` tables.
+    """
+    from reindex_common.pg import check_writable_source, init_source_schema  # noqa: PLC0415
     from reindex_common.seed import SeedPlan  # noqa: PLC0415
     from reindex_common.seed import seed as run_seed  # noqa: PLC0415
 
-    plan = SeedPlan(scorecards, seed_value, parse_time(start), days, mean_scores)
+    plan = SeedPlan(
+        scorecards, seed_value, cli_types.parse_time_option(start, "--start"), days, mean_scores
+    )
     settings = _settings()
+    check_writable_source(settings.director_dsn, settings.historic_dsn, yes=yes)
     init_source_schema(settings.director_dsn, settings.historic_dsn)
     result = run_seed(settings.director_dsn, settings.historic_dsn, plan)
     click.echo(
@@ -162,14 +176,18 @@ def devstack() -> None:
     "--shards",
     default=2,
     show_default=True,
+    type=cli_types.SHARDS,
     callback=_positive,
     help="Number of ClickHouse shards.",
 )
-@click.option("--kafka-port", default=9092, show_default=True, help="Broker port.")
+@click.option(
+    "--kafka-port", default=9092, show_default=True, type=cli_types.PORT, help="Broker port."
+)
 @click.option(
     "--clickhouse-port",
     default=8123,
     show_default=True,
+    type=cli_types.PORT,
     help="HTTP port of shard 0; shard i listens on this port + i.",
 )
 def devstack_up(shards: int, kafka_port: int, clickhouse_port: int) -> None:
@@ -221,7 +239,7 @@ def devstack_env() -> None:
 @job_options
 @click.option("--restart", is_flag=True, help="Run the job again from the start, even if done.")
 @click.option("--dry-run", is_flag=True, help="Count what would be published; publish nothing.")
-@click.option("--max-rate", type=float, help="At most this many scorecards per second.")
+@click.option("--max-rate", type=cli_types.RATE, help="At most this many scorecards per second.")
 @click.option(
     "--verify",
     "verify_after",
@@ -230,7 +248,7 @@ def devstack_env() -> None:
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=cli_types.TIMEOUT,
     default=3600.0,
     show_default=True,
     help="With --verify: how long to wait for the consumers.",
@@ -284,7 +302,9 @@ def request(**job: Any) -> None:
 
 
 @cli.command()
-@click.option("--max-rate", type=float, help="At most this many scorecards per second, per job.")
+@click.option(
+    "--max-rate", type=cli_types.RATE, help="At most this many scorecards per second, per job."
+)
 def serve(max_rate: float | None) -> None:
     """Long-running producer service: take request messages and run each job.
 
@@ -305,9 +325,11 @@ def serve(max_rate: float | None) -> None:
 @cli.command()
 @click.option("--worker-id", help="Name of this worker in logs and metrics (default: host-pid).")
 @click.option(
-    "--batch-size", type=int, help="Messages per batch (default: REINDEX_CONSUMER_BATCH_SIZE)."
+    "--batch-size",
+    type=cli_types.BATCH_SIZE,
+    help="Messages per batch (default: REINDEX_CONSUMER_BATCH_SIZE).",
 )
-@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-port", type=cli_types.PORT, help="Serve Prometheus metrics on this port.")
 def consume(worker_id: str | None, batch_size: int | None, metrics_port: int | None) -> None:
     """Start one worker of the consumer group (start it N times for N workers)."""
     from consumer.worker import default_worker_id, run_worker  # noqa: PLC0415
@@ -328,11 +350,11 @@ def consume(worker_id: str | None, batch_size: int | None, metrics_port: int | N
 
 
 @cli.command()
-@click.argument("job_id")
+@click.argument("job_id", type=cli_types.JOB_ID)
 @click.option("--wait", is_flag=True, help="Wait until every published scorecard is written.")
 @click.option(
     "--timeout",
-    type=float,
+    type=cli_types.TIMEOUT,
     default=3600.0,
     show_default=True,
     help="With --wait: give up (exit 1) after this many seconds.",
@@ -415,6 +437,7 @@ def verify(start: str, end: str, types: str | None, mode: str | None, bucket: st
     "--scorecards",
     default=20_000,
     show_default=True,
+    type=cli_types.SCORECARDS,
     callback=_positive,
     help="How many synthetic scorecards to seed.",
 )
@@ -423,16 +446,29 @@ def verify(start: str, end: str, types: str | None, mode: str | None, bucket: st
     "--shards",
     default=2,
     show_default=True,
+    type=cli_types.SHARDS,
     callback=_positive,
     help="Number of ClickHouse shards.",
 )
 @click.option("--keep", is_flag=True, help="Leave the stack running, with the data, afterwards.")
-@click.option("--kafka-port", default=9092, show_default=True, help="Broker port of the stack.")
+@click.option(
+    "--kafka-port",
+    default=9092,
+    show_default=True,
+    type=cli_types.PORT,
+    help="Broker port of the stack.",
+)
 @click.option(
     "--clickhouse-port",
     default=8123,
     show_default=True,
+    type=cli_types.PORT,
     help="HTTP port of shard 0; shard i listens on this port + i.",
+)
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Replace a 'reindex_demo' database the demo did not create.",
 )
 def demo(
     scorecards: int,
@@ -441,12 +477,13 @@ def demo(
     keep: bool,
     kafka_port: int,
     clickhouse_port: int,
+    yes: bool,
 ) -> None:
     """The main job on the embedded default: stack, schemas, data, job, verification, report."""
     from reindex.demo import DemoOptions, run_demo  # noqa: PLC0415
 
     options = DemoOptions(
-        _devstack_dir(), scorecards, seed_value, shards, keep, kafka_port, clickhouse_port
+        _devstack_dir(), scorecards, seed_value, shards, keep, kafka_port, clickhouse_port, yes=yes
     )
     if not run_demo(options, _settings(), say=click.echo):
         raise ReindexError("the demo failed (see above)")
@@ -462,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.UsageError as e:
-        click.echo(f"reindex: error: {e.format_message()}", err=True)
+        click.echo(f"reindex: error: {redact(e.format_message())}", err=True)
         return 2
     except click.Abort:
         click.echo("reindex: aborted", err=True)
@@ -473,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     except ReindexError as e:
         if _Context.debug:
             raise
-        click.echo(f"reindex: error: {e}", err=True)
+        click.echo(f"reindex: error: {redact(str(e))}", err=True)
         return e.exit_code
     return result if isinstance(result, int) else 0
 

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -33,10 +34,11 @@ from reindex.status import JobStatus, JobWatcher
 from reindex.verify import verify
 from reindex_common.clickhouse import init_target_schema, shard_client
 from reindex_common.devstack import stack
-from reindex_common.errors import ReindexError
+from reindex_common.errors import BadInputError, ReindexError
 from reindex_common.jobs import JobCheckpoint
+from reindex_common.masking import mask_dsn
 from reindex_common.messages import ReindexRequest
-from reindex_common.pg import connect, init_source_schema
+from reindex_common.pg import CREATED_MARK, connect, init_source_schema
 from reindex_common.seed import SeedPlan, seed
 from reindex_common.settings import Settings
 
@@ -53,18 +55,34 @@ class DemoOptions:
     kafka_port: int = 9092
     clickhouse_port: int = 8123
     workers: int = 2
+    yes: bool = False  # replace a ``reindex_demo`` database the demo did not create
 
 
-def _demo_dsn(server_dsn: str) -> str:
+def _demo_dsn(server_dsn: str, *, yes: bool = False) -> str:
     """The DSN of the demo's own database on the server ``server_dsn`` points at, new and empty.
 
-    Only this database, which the demo owns, is dropped: each run seeds exactly what it reports.
+    Only this database, which the demo created (it carries :data:`CREATED_MARK`), is dropped:
+    each run seeds exactly what it reports. A ``reindex_demo`` database without the mark is
+    someone else's: left alone unless ``yes``.
     """
-    with connect(server_dsn, autocommit=True) as conn:
+    with connect(server_dsn, autocommit=True, writable=True) as conn:
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (DEMO_DATABASE,),
+        ).fetchone()
+        if row is not None and row[0] != CREATED_MARK and not yes:
+            raise BadInputError(
+                f"a database {DEMO_DATABASE!r} the demo did not create exists at "
+                f"{mask_dsn(server_dsn)}: refusing to drop it (pass --yes to replace it)"
+            )
         conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)'.encode())
         conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"'.encode())
-    parts = urlsplit(server_dsn)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{DEMO_DATABASE}", parts.query, ""))
+        conn.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(DEMO_DATABASE), sql.Literal(CREATED_MARK)
+            )
+        )
+    return make_conninfo(server_dsn, dbname=DEMO_DATABASE)
 
 
 def _rows_per_shard(settings: Settings) -> list[tuple[int, int]]:
@@ -238,7 +256,7 @@ def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -
     )
     workers: _Workers | None = None
     try:
-        dsn = _demo_dsn(state.pg_dsn)
+        dsn = _demo_dsn(state.pg_dsn, yes=options.yes)
         run_tag = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         settings = base.replace(
             pg_dsn=dsn,

@@ -44,7 +44,10 @@ def as_utc(value: datetime) -> datetime:
         return value.replace(tzinfo=UTC)
     if value.tzinfo is UTC:
         return value
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+        raise ValueError(f"{value.isoformat()} is out of range in UTC") from None
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
