@@ -205,7 +205,7 @@ def devstack_up(shards: int, kafka_port: int, clickhouse_port: int) -> None:
     click.echo(f"Kafka        {state.kafka_bootstrap} (Tansu, in-memory, pid {state.kafka.pid})")
     for i, (url, proc) in enumerate(zip(state.shard_urls, state.shards, strict=True)):
         label = "ClickHouse" if i == 0 else ""
-        click.echo(f"{label:<12} shard {i} {url} (chdb, pid {proc.pid})")
+        click.echo(f"{label:<12} shard {i} {mask_url(url)} (chdb, pid {proc.pid})")
     click.echo(f"State, logs  {state.root}")
     click.echo('Point the other commands at it:  eval "$(reindex devstack env)"')
 
