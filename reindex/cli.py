@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -509,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ReindexError as e:
         if _Context.debug:
-            raise
+            click.echo(redact(traceback.format_exc()).rstrip(), err=True)
         click.echo(f"reindex: error: {redact(str(e))}", err=True)
         return e.exit_code
     return result if isinstance(result, int) else 0

@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode
+
+from pydantic import AfterValidator
 
 MASK = "***"
 HIDDEN = "<connection string hidden: it could not be parsed>"
@@ -159,6 +161,11 @@ def mask_url(url: str) -> str:
         return HIDDEN
 
 
+# A text field of a message that leaves the process (a job's failure, a DLQ reason): whatever
+# raised, a registered secret never reaches the topic.
+RedactedStr = Annotated[str, AfterValidator(redact)]
+
+
 # --- logs --------------------------------------------------------------------------------------
 
 _installed = False
@@ -194,3 +201,25 @@ def install_log_redaction() -> None:
         return record
 
     logging.setLogRecordFactory(factory)
+    _install_excepthooks()
+
+
+def _install_excepthooks() -> None:
+    """Tracebacks of uncaught errors (a bug, ``--debug``) are text leaving the process too."""
+    import sys  # noqa: PLC0415
+    import traceback  # noqa: PLC0415
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
+    def thread_excepthook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread else "thread"
+        text = "".join(
+            traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        )
+        sys.stderr.write(redact(f"Exception in {name}:\n{text}"))
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook

@@ -29,6 +29,7 @@ from pydantic import (
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from reindex_common.errors import BadInputError
+from reindex_common.masking import RedactedStr
 from reindex_common.settings import ScorecardType
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -203,7 +204,7 @@ class DlqMessage(_Message):
     """What reaches the DLQ: the original bytes, the reason, and where they came from."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    reason: str
+    reason: RedactedStr
     source_topic: str
     source_partition: int | None = None
     source_offset: int | None = None

@@ -78,3 +78,38 @@ def test_log_records_at_every_level_are_redacted(caplog: pytest.LogCaptureFixtur
     assert "log-s3cret" not in text
     assert text.count("***") >= 4
     assert redact("x log-s3cret-sasl y") == "x *** y"
+
+
+def test_failure_reasons_and_tracebacks_are_redacted() -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from pydantic import TypeAdapter  # noqa: PLC0415
+
+    from reindex_common.jobs import JobCheckpoint  # noqa: PLC0415
+    from reindex_common.messages import dlq_message  # noqa: PLC0415
+
+    Settings(_env_file=None, pg_dsn="host=db password=reason-s3cret")  # type: ignore[call-arg]
+    dlq = dlq_message(
+        reason="shard said reason-s3cret",
+        service="t",
+        topic="t",
+        partition=0,
+        offset=0,
+        key=None,
+        value=b"",
+    )
+    assert "reason-s3cret" not in dlq.model_dump_json()
+    error = TypeAdapter(JobCheckpoint.model_fields["error"].annotation)
+    assert error.validate_python("cannot connect: reason-s3cret") == "cannot connect: ***"
+
+    crash = (
+        "from reindex_common.settings import Settings\n"
+        "Settings(_env_file=None, pg_dsn='host=db password=crash-s3cret')\n"
+        "raise RuntimeError('bug with crash-s3cret')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", crash], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert "RuntimeError: bug with ***" in result.stderr
+    assert "crash-s3cret" not in result.stderr
