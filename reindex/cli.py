@@ -19,7 +19,7 @@ import click
 from producer.cli_options import build_request, job_options
 from reindex import cli_types
 from reindex_common.errors import BadInputError, ReindexError
-from reindex_common.masking import redact
+from reindex_common.masking import install_excepthooks, redact
 from reindex_common.settings import Settings, load_settings
 
 log = logging.getLogger("reindex")
@@ -495,6 +495,7 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status instead of raising."""
+    install_excepthooks()
     try:
         result = cli.main(args=argv, prog_name="reindex", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -201,11 +201,11 @@ def install_log_redaction() -> None:
         return record
 
     logging.setLogRecordFactory(factory)
-    _install_excepthooks()
 
 
-def _install_excepthooks() -> None:
-    """Tracebacks of uncaught errors (a bug, ``--debug``) are text leaving the process too."""
+def install_excepthooks() -> None:
+    """Tracebacks of uncaught errors (a bug) are text leaving the process too: print them
+    redacted. For the command's process (``reindex.cli.main``), not for a library's caller."""
     import sys  # noqa: PLC0415
     import traceback  # noqa: PLC0415
 

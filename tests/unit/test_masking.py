@@ -104,7 +104,9 @@ def test_failure_reasons_and_tracebacks_are_redacted() -> None:
     assert error.validate_python("cannot connect: reason-s3cret") == "cannot connect: ***"
 
     crash = (
+        "from reindex_common.masking import install_excepthooks\n"
         "from reindex_common.settings import Settings\n"
+        "install_excepthooks()\n"
         "Settings(_env_file=None, pg_dsn='host=db password=crash-s3cret')\n"
         "raise RuntimeError('bug with crash-s3cret')\n"
     )
