@@ -1,8 +1,8 @@
 """Option types of the ``reindex`` command: every number has a range, every id a pattern.
 
-Click turns a rejected value into one usage line naming the option as the user wrote it
-(``Invalid value for '--max-rate': …``), which the CLI prints and exits 2 with. Floats reject
-NaN and infinity: ``--max-rate nan`` would otherwise disable the limit and
+A rejected value is one usage line that starts with the option as the user wrote it
+(``--max-rate must be a finite number (got nan)``); the CLI prints it and exits 2. Floats
+reject NaN and infinity: ``--max-rate nan`` would otherwise disable the limit and
 ``--timeout nan`` would never expire. A rejected value is shown with :func:`ascii` so that a
 newline or an escape sequence in it cannot forge a line of output.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -22,6 +22,17 @@ from reindex_common.messages import JOB_ID_PATTERN, parse_time
 _JOB_ID = re.compile(JOB_ID_PATTERN.removeprefix("^").removesuffix("$"))
 
 DAY = 24 * 3600.0
+
+
+def _fail(param: click.Parameter | None, ctx: click.Context | None, text: str) -> NoReturn:
+    """One usage line that starts with the option as the user wrote it: ``--max-rate must…``."""
+    if param is None:
+        name = "value"
+    elif isinstance(param, click.Option):
+        name = max(param.opts, key=len)
+    else:
+        name = (param.name or "value").upper()
+    raise click.UsageError(f"{name} {text}", ctx)
 
 
 class FiniteFloat(click.ParamType):
@@ -35,21 +46,22 @@ class FiniteFloat(click.ParamType):
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> float:
-        if isinstance(value, float) and math.isfinite(value) and self.low < value <= self.high:
-            return value
         try:
             number = float(value)
         except (TypeError, ValueError):
-            self.fail(f"{str(value)!a} is not a number", param, ctx)
+            _fail(param, ctx, f"must be a number (got {str(value)!a})")
         if not math.isfinite(number):
-            self.fail(f"must be a finite number, not {number}", param, ctx)
-        if not self.low < number <= self.high:
-            self.fail(f"must be above {self.low:g} and at most {self.high:g}", param, ctx)
+            _fail(param, ctx, f"must be a finite number (got {number})")
+        if number <= self.low:
+            above = "positive" if self.low == 0 else f"above {self.low:g}"
+            _fail(param, ctx, f"must be {above} (got {number:g})")
+        if number > self.high:
+            _fail(param, ctx, f"must be at most {self.high:g} (got {number:g})")
         return number
 
 
 class SafeIntRange(click.ParamType):
-    """An integer in ``[low, high]``; a rejected value is shown with :func:`ascii`."""
+    """An integer in ``[low, high]``."""
 
     name = "integer"
 
@@ -61,11 +73,11 @@ class SafeIntRange(click.ParamType):
             try:
                 value = int(str(value).strip())
             except ValueError:
-                self.fail(f"{str(value)!a} is not a valid integer", param, ctx)
+                _fail(param, ctx, f"is not a valid integer (got {str(value)!a})")
         if value < self.low:
-            self.fail(f"must be at least {self.low} (got {value})", param, ctx)
+            _fail(param, ctx, f"must be at least {self.low} (got {value})")
         if value > self.high:
-            self.fail(f"must be at most {self.high} (got {value})", param, ctx)
+            _fail(param, ctx, f"must be at most {self.high} (got {value})")
         return int(value)
 
 
@@ -78,7 +90,7 @@ class JobIdType(click.ParamType):
         text = str(value)
         if _JOB_ID.fullmatch(text) is None:
             shown = ascii(text) if len(text) <= 60 else f"{text[:60]!a}…"
-            self.fail(f"a job id is 1 to 200 letters, digits and ._:- (got {shown})", param, ctx)
+            _fail(param, ctx, f"must be 1 to 200 letters, digits and ._:- (got {shown})")
         return text
 
 
