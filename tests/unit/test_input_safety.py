@@ -132,3 +132,17 @@ def test_project_variables_that_are_not_settings_are_allowed(
     from reindex_common.settings import check_unknown_variables  # noqa: PLC0415
 
     check_unknown_variables({"REINDEX_DEVSTACK_DIR": "stack", "REINDEX_MODE": "all"}, None)
+
+
+@pytest.mark.parametrize(
+    "start", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-05:00", "10000-01-01T00:00:00Z"]
+)
+def test_a_request_message_with_a_time_out_of_range_is_bad_input(start: str) -> None:
+    import json  # noqa: PLC0415
+
+    from reindex_common.errors import BadInputError  # noqa: PLC0415
+    from reindex_common.messages import parse_request  # noqa: PLC0415
+
+    raw = json.dumps({"start": start, "end": "2026-01-01T00:00:00Z"})
+    with pytest.raises(BadInputError, match="invalid reindex request"):
+        parse_request(raw)
