@@ -90,11 +90,12 @@ class JobIdType(click.ParamType):
         text = str(value)
         if _JOB_ID.fullmatch(text) is None:
             shown = ascii(text) if len(text) <= 60 else f"{text[:60]!a}…"
-            _fail(param, ctx, f"must be 1 to 200 letters, digits and ._:- (got {shown})")
+            _fail(param, ctx, f"is not a job id: {shown} (1 to 200 letters, digits and ._:-)")
         return text
 
 
 PORT = SafeIntRange(1, 65535)
+MAX_LAG = SafeIntRange(0, 10**12)
 BATCH_SIZE = SafeIntRange(1, 100_000)
 SCORECARDS = SafeIntRange(1, 100_000_000)
 SHARDS = SafeIntRange(1, 1_000)
