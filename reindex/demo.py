@@ -59,19 +59,48 @@ class DemoOptions:
     yes: bool = False  # replace a ``reindex_demo`` database the demo did not create
 
 
+# Tables of a demo database: the SPEC §2 source tables, nothing else.
+_DEMO_TABLES = (
+    "director.scorecard_template_revisions",
+    "director.scorecards",
+    "historic.scorecard_scores",
+)
+
+
+def _holds_only_demo_tables(server_dsn: str) -> bool:
+    """Whether the existing demo database holds no table but the source tables: one that an
+    earlier demo made before databases were marked, which it may replace."""
+    with connect(make_conninfo(server_dsn, dbname=DEMO_DATABASE), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg\\_%%' "
+            "AND n.nspname || '.' || c.relname <> ALL(%s)",
+            (list(_DEMO_TABLES),),
+        ).fetchone()
+    return row is not None and row[0] == 0
+
+
 def _demo_dsn(server_dsn: str, *, yes: bool = False) -> str:
     """The DSN of the demo's own database on the server ``server_dsn`` points at, new and empty.
 
-    Only this database, which the demo created (it carries :data:`CREATED_MARK`), is dropped:
-    each run seeds exactly what it reports. A ``reindex_demo`` database without the mark is
-    someone else's: left alone unless ``yes``.
+    Only this database, which the demo created, is dropped: each run seeds exactly what it
+    reports. The demo marks it with :data:`CREATED_MARK`; a ``reindex_demo`` database without
+    the mark that holds anything but the demo's source tables is someone else's: left alone
+    unless ``yes``.
     """
     with connect(server_dsn, autocommit=True, writable=True) as conn:
         row = conn.execute(
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
             (DEMO_DATABASE,),
         ).fetchone()
-        if row is not None and row[0] != CREATED_MARK and not yes:
+        if (
+            row is not None
+            and row[0] != CREATED_MARK
+            and not yes
+            and not _holds_only_demo_tables(server_dsn)
+        ):
             raise BadInputError(
                 f"a database {DEMO_DATABASE!r} the demo did not create exists at "
                 f"{mask_dsn(server_dsn)}: refusing to drop it (pass --yes to replace it)"

@@ -175,3 +175,13 @@ def test_demo_drops_only_the_database_it_created(own_server: str, tmp_path: Path
     with psycopg.connect(demo_dsn) as conn:
         assert conn.execute("SELECT to_regclass('precious')").fetchone() == (None,)
     assert _demo_dsn(own_server) == demo_dsn  # now marked as the demo's: replaced freely
+
+
+def test_demo_replaces_an_earlier_demos_database(own_server: str) -> None:
+    """One made before databases were marked holds the source tables and nothing else."""
+    with psycopg.connect(own_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"'.encode())
+    _foreign_schema(make_conninfo(own_server, dbname=DEMO_DATABASE))
+    dsn = _demo_dsn(own_server)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT to_regclass('director.scorecards')").fetchone() == (None,)
