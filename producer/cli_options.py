@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from reindex import cli_types
 from reindex_common.errors import BadInputError
 from reindex_common.messages import ReindexRequest, describe_validation_error
 from reindex_common.settings import MODE_TYPES, Settings
@@ -42,13 +43,21 @@ def job_options(command: F) -> F:
             type=click.Choice(["process", "conversation", "all"]),
             help="Shorthand for --types (default: REINDEX_MODE).",
         ),
-        click.option("--batch-size", type=int, help="Page size (default: REINDEX_BATCH_SIZE)."),
+        click.option(
+            "--batch-size",
+            type=cli_types.BATCH_SIZE,
+            help="Page size (default: REINDEX_BATCH_SIZE).",
+        ),
         click.option(
             "--clean-up",
             is_flag=True,
             help="Delete what the shards hold for each scorecard before writing it.",
         ),
-        click.option("--job-id", help="Job id (generated when absent); rerun with it to resume."),
+        click.option(
+            "--job-id",
+            type=cli_types.JOB_ID,
+            help="Job id (generated when absent); rerun with it to resume.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -59,7 +68,7 @@ def max_lag_option(command: F) -> F:
     """``--max-lag N``: back-pressure on the producer (overrides REINDEX_MAX_LAG)."""
     return click.option(
         "--max-lag",
-        type=click.IntRange(min=0),
+        type=cli_types.MAX_LAG,
         metavar="N",
         help="Pause publishing while the consumer group is more than N messages behind on the "
         "scorecards topic; 0 turns it off (default: REINDEX_MAX_LAG, off).",

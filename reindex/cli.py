@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import click
 
 from producer.cli_options import build_request, job_options, max_lag_option, range_options
+from reindex import cli_types
 from reindex.dlq_commands import dlq
 from reindex.jobs_cancel import cancel as jobs_cancel
 from reindex.output import emit_json, output_option, say
 from reindex_common.errors import BadInputError, NotCleanError, ReindexError
-from reindex_common.messages import parse_time
+from reindex_common.masking import install_excepthooks, redact
 from reindex_common.settings import Settings, load_settings
 
 log = logging.getLogger("reindex")
@@ -105,6 +107,7 @@ def _positive(_ctx: click.Context, param: click.Parameter, value: int) -> int:
     "--scorecards",
     default=20_000,
     show_default=True,
+    type=cli_types.SCORECARDS,
     callback=_positive,
     help="How many scorecards to generate.",
 )
@@ -125,6 +128,7 @@ def _positive(_ctx: click.Context, param: click.Parameter, value: int) -> int:
     "--days",
     default=180,
     show_default=True,
+    type=cli_types.DAYS,
     callback=_positive,
     help="Spread created_at over this many days.",
 )
@@ -132,17 +136,28 @@ def _positive(_ctx: click.Context, param: click.Parameter, value: int) -> int:
     "--mean-scores",
     default=10,
     show_default=True,
+    type=cli_types.MEAN_SCORES,
     callback=_positive,
     help="Average number of scores per scorecard.",
 )
-def seed(scorecards: int, seed_value: int, start: str, days: int, mean_scores: int) -> None:
-    """Write deterministic synthetic scorecards and scores to Postgres (creates the tables)."""
-    from reindex_common.pg import init_source_schema  # noqa: PLC0415
+@click.option("--yes", is_flag=True, help="Write even to a database `seed` did not create.")
+def seed(
+    scorecards: int, seed_value: int, start: str, days: int, mean_scores: int, yes: bool
+) -> None:
+    """Write deterministic synthetic scorecards and scores to Postgres (creates the tables).
+
+    Only into source schemas that reindex created (``schema init --source``, ``seed``, ``demo``),
+    unless ``--yes``: fake rows must never land in real ``director``/``historic`` tables.
+    """
+    from reindex_common.pg import check_writable_source, init_source_schema  # noqa: PLC0415
     from reindex_common.seed import SeedPlan  # noqa: PLC0415
     from reindex_common.seed import seed as run_seed  # noqa: PLC0415
 
-    plan = SeedPlan(scorecards, seed_value, parse_time(start), days, mean_scores)
+    plan = SeedPlan(
+        scorecards, seed_value, cli_types.parse_time_option(start, "--start"), days, mean_scores
+    )
     settings = _settings()
+    check_writable_source(settings.director_dsn, settings.historic_dsn, yes=yes)
     init_source_schema(settings.director_dsn, settings.historic_dsn)
     result = run_seed(settings.director_dsn, settings.historic_dsn, plan)
     click.echo(
@@ -168,14 +183,18 @@ def devstack() -> None:
     "--shards",
     default=2,
     show_default=True,
+    type=cli_types.SHARDS,
     callback=_positive,
     help="Number of ClickHouse shards.",
 )
-@click.option("--kafka-port", default=9092, show_default=True, help="Broker port.")
+@click.option(
+    "--kafka-port", default=9092, show_default=True, type=cli_types.PORT, help="Broker port."
+)
 @click.option(
     "--clickhouse-port",
     default=8123,
     show_default=True,
+    type=cli_types.PORT,
     help="HTTP port of shard 0; shard i listens on this port + i.",
 )
 def devstack_up(shards: int, kafka_port: int, clickhouse_port: int) -> None:
@@ -193,7 +212,7 @@ def devstack_up(shards: int, kafka_port: int, clickhouse_port: int) -> None:
     click.echo(f"Kafka        {state.kafka_bootstrap} (Tansu, in-memory, pid {state.kafka.pid})")
     for i, (url, proc) in enumerate(zip(state.shard_urls, state.shards, strict=True)):
         label = "ClickHouse" if i == 0 else ""
-        click.echo(f"{label:<12} shard {i} {url} (chdb, pid {proc.pid})")
+        click.echo(f"{label:<12} shard {i} {mask_url(url)} (chdb, pid {proc.pid})")
     click.echo(f"State, logs  {state.root}")
     click.echo('Point the other commands at it:  eval "$(reindex devstack env)"')
 
@@ -227,7 +246,7 @@ def devstack_env() -> None:
 @job_options
 @click.option("--restart", is_flag=True, help="Run the job again from the start, even if done.")
 @click.option("--dry-run", is_flag=True, help="Count what would be published; publish nothing.")
-@click.option("--max-rate", type=float, help="At most this many scorecards per second.")
+@click.option("--max-rate", type=cli_types.RATE, help="At most this many scorecards per second.")
 @click.option(
     "--verify",
     "verify_after",
@@ -236,7 +255,7 @@ def devstack_env() -> None:
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=cli_types.TIMEOUT,
     default=3600.0,
     show_default=True,
     help="With --verify: how long to wait for the consumers.",
@@ -319,7 +338,9 @@ def request(**job: Any) -> None:
 
 
 @cli.command()
-@click.option("--max-rate", type=float, help="At most this many scorecards per second, per job.")
+@click.option(
+    "--max-rate", type=cli_types.RATE, help="At most this many scorecards per second, per job."
+)
 @max_lag_option
 @click.option(
     "--max-attempts",
@@ -349,9 +370,11 @@ def serve(max_rate: float | None, max_lag: int | None, max_attempts: int) -> Non
 @cli.command()
 @click.option("--worker-id", help="Name of this worker in logs and metrics (default: host-pid).")
 @click.option(
-    "--batch-size", type=int, help="Messages per batch (default: REINDEX_CONSUMER_BATCH_SIZE)."
+    "--batch-size",
+    type=cli_types.BATCH_SIZE,
+    help="Messages per batch (default: REINDEX_CONSUMER_BATCH_SIZE).",
 )
-@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-port", type=cli_types.PORT, help="Serve Prometheus metrics on this port.")
 def consume(worker_id: str | None, batch_size: int | None, metrics_port: int | None) -> None:
     """Start one worker of the consumer group (start it N times for N workers)."""
     from consumer.worker import default_worker_id, run_worker  # noqa: PLC0415
@@ -372,7 +395,7 @@ def consume(worker_id: str | None, batch_size: int | None, metrics_port: int | N
 
 
 @cli.command()
-@click.argument("job_id")
+@click.argument("job_id", type=cli_types.JOB_ID)
 @click.option(
     "--wait",
     is_flag=True,
@@ -380,7 +403,7 @@ def consume(worker_id: str | None, batch_size: int | None, metrics_port: int | N
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=cli_types.TIMEOUT,
     default=3600.0,
     show_default=True,
     help="With --wait: give up (exit 4) after this many seconds.",
@@ -658,6 +681,7 @@ def repair(
     "--scorecards",
     default=20_000,
     show_default=True,
+    type=cli_types.SCORECARDS,
     callback=_positive,
     help="How many synthetic scorecards to seed.",
 )
@@ -666,16 +690,29 @@ def repair(
     "--shards",
     default=2,
     show_default=True,
+    type=cli_types.SHARDS,
     callback=_positive,
     help="Number of ClickHouse shards.",
 )
 @click.option("--keep", is_flag=True, help="Leave the stack running, with the data, afterwards.")
-@click.option("--kafka-port", default=9092, show_default=True, help="Broker port of the stack.")
+@click.option(
+    "--kafka-port",
+    default=9092,
+    show_default=True,
+    type=cli_types.PORT,
+    help="Broker port of the stack.",
+)
 @click.option(
     "--clickhouse-port",
     default=8123,
     show_default=True,
+    type=cli_types.PORT,
     help="HTTP port of shard 0; shard i listens on this port + i.",
+)
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Replace a 'reindex_demo' database the demo did not create.",
 )
 def demo(
     scorecards: int,
@@ -684,12 +721,13 @@ def demo(
     keep: bool,
     kafka_port: int,
     clickhouse_port: int,
+    yes: bool,
 ) -> None:
     """The main job on the embedded default: stack, schemas, data, job, verification, report."""
     from reindex.demo import DemoOptions, run_demo  # noqa: PLC0415
 
     options = DemoOptions(
-        _devstack_dir(), scorecards, seed_value, shards, keep, kafka_port, clickhouse_port
+        _devstack_dir(), scorecards, seed_value, shards, keep, kafka_port, clickhouse_port, yes=yes
     )
     if not run_demo(options, _settings(), say=click.echo):
         raise ReindexError("the demo failed (see above)")
@@ -703,12 +741,13 @@ jobs.add_command(jobs_cancel)
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status instead of raising."""
+    install_excepthooks()
     try:
         result = cli.main(args=argv, prog_name="reindex", standalone_mode=False)
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.UsageError as e:
-        click.echo(f"reindex: error: {e.format_message()}", err=True)
+        click.echo(f"reindex: error: {redact(e.format_message())}", err=True)
         return 2
     except click.Abort:
         click.echo("reindex: aborted", err=True)
@@ -718,8 +757,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ReindexError as e:
         if _Context.debug:
-            raise
-        click.echo(f"reindex: error: {e}", err=True)
+            click.echo(redact(traceback.format_exc()).rstrip(), err=True)
+        click.echo(f"reindex: error: {redact(str(e))}", err=True)
         return e.exit_code
     return result if isinstance(result, int) else 0
 

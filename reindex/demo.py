@@ -23,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -34,10 +35,11 @@ from reindex.status import JobStatus, JobWatcher
 from reindex.verify import verify
 from reindex_common.clickhouse import init_target_schema, shard_client
 from reindex_common.devstack import stack
-from reindex_common.errors import ReindexError
+from reindex_common.errors import BadInputError, ReindexError
 from reindex_common.jobs import JobCheckpoint
+from reindex_common.masking import mask_dsn, mask_url
 from reindex_common.messages import ReindexRequest
-from reindex_common.pg import connect, init_source_schema
+from reindex_common.pg import CREATED_MARK, connect, init_source_schema
 from reindex_common.seed import SeedPlan, seed
 from reindex_common.settings import Settings
 
@@ -54,18 +56,63 @@ class DemoOptions:
     kafka_port: int = 9092
     clickhouse_port: int = 8123
     workers: int = 2
+    yes: bool = False  # replace a ``reindex_demo`` database the demo did not create
 
 
-def _demo_dsn(server_dsn: str) -> str:
+# Tables of a demo database: the SPEC §2 source tables, nothing else.
+_DEMO_TABLES = (
+    "director.scorecard_template_revisions",
+    "director.scorecards",
+    "historic.scorecard_scores",
+)
+
+
+def _holds_only_demo_tables(server_dsn: str) -> bool:
+    """Whether the existing demo database holds no table but the source tables: one that an
+    earlier demo made before databases were marked, which it may replace."""
+    with connect(make_conninfo(server_dsn, dbname=DEMO_DATABASE), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg\\_%%' "
+            "AND n.nspname || '.' || c.relname <> ALL(%s)",
+            (list(_DEMO_TABLES),),
+        ).fetchone()
+    return row is not None and row[0] == 0
+
+
+def _demo_dsn(server_dsn: str, *, yes: bool = False) -> str:
     """The DSN of the demo's own database on the server ``server_dsn`` points at, new and empty.
 
-    Only this database, which the demo owns, is dropped: each run seeds exactly what it reports.
+    Only this database, which the demo created, is dropped: each run seeds exactly what it
+    reports. The demo marks it with :data:`CREATED_MARK`; a ``reindex_demo`` database without
+    the mark that holds anything but the demo's source tables is someone else's: left alone
+    unless ``yes``.
     """
-    with connect(server_dsn, autocommit=True) as conn:
+    with connect(server_dsn, autocommit=True, writable=True) as conn:
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (DEMO_DATABASE,),
+        ).fetchone()
+        if (
+            row is not None
+            and row[0] != CREATED_MARK
+            and not yes
+            and not _holds_only_demo_tables(server_dsn)
+        ):
+            raise BadInputError(
+                f"a database {DEMO_DATABASE!r} the demo did not create exists at "
+                f"{mask_dsn(server_dsn)}: refusing to drop it (pass --yes to replace it)"
+            )
         conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)'.encode())
         conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"'.encode())
-    parts = urlsplit(server_dsn)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{DEMO_DATABASE}", parts.query, ""))
+        conn.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(DEMO_DATABASE), sql.Literal(CREATED_MARK)
+            )
+        )
+    return make_conninfo(server_dsn, dbname=DEMO_DATABASE)
 
 
 def _rows_per_shard(settings: Settings) -> list[tuple[int, int]]:
@@ -238,7 +285,7 @@ def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -
     )
     workers: _Workers | None = None
     try:
-        dsn = _demo_dsn(state.pg_dsn)
+        dsn = _demo_dsn(state.pg_dsn, yes=options.yes)
         run_tag = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         settings = base.replace(
             pg_dsn=dsn,
@@ -291,13 +338,14 @@ def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -
             f"{scores / job_seconds:,.0f} score rows/s"
         )
         for i, (c, s) in enumerate(_rows_per_shard(settings)):
-            say(f"  shard {i}        {c:,} scorecards, {s:,} scores ({state.shard_urls[i]})")
+            url = mask_url(state.shard_urls[i])
+            say(f"  shard {i}        {c:,} scorecards, {s:,} scores ({url})")
         say(f"  verification   {'passed' if report.ok else 'FAILED'}")
         say(f"  total time     {time.monotonic() - began:.1f} s")
         if options.keep:
             say(
                 f'look at the data: eval "$(reindex devstack env)"; then e.g. '
-                f"curl '{state.shard_urls[0]}/?database={DEMO_DATABASE}' "
+                f"curl '{mask_url(state.shard_urls[0])}/?database={DEMO_DATABASE}' "
                 "--data 'SELECT count() FROM scorecards FINAL'"
             )
         problem = final.problem()  # complete with dead letters: not clean (exit 3)

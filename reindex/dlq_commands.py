@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from reindex import cli_types
 from reindex.output import emit_json, output_option
 from reindex_common.settings import load_settings
 
@@ -13,7 +14,7 @@ from reindex_common.settings import load_settings
 def dlq_filters(command: Any) -> Any:
     """Add --job, --reason and --since (the records of the DLQ to take)."""
     options = [
-        click.option("--job", help="Only dead letters of this job."),
+        click.option("--job", type=cli_types.JOB_ID, help="Only dead letters of this job."),
         click.option("--reason", help="Only dead letters whose reason contains this text."),
         click.option(
             "--since",

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reindex_common.kafka import ReliableProducer, TopicTail
+from reindex_common.masking import RedactedStr
 from reindex_common.messages import ReindexRequest, UtcDatetime
 from reindex_common.settings import Settings
 
@@ -50,7 +51,7 @@ class JobCheckpoint(BaseModel):
     pages: int = 0
     cursor: PageCursor | None = None
     max_offsets: dict[int, int] = Field(default_factory=dict)
-    error: str | None = None
+    error: RedactedStr | None = None
     started_at: UtcDatetime
     updated_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
     finished_at: UtcDatetime | None = None

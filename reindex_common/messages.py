@@ -30,6 +30,7 @@ from typing_extensions import TypedDict  # pydantic needs this one on Python < 3
 
 from reindex_common import datetime64
 from reindex_common.errors import BadInputError
+from reindex_common.masking import RedactedStr
 from reindex_common.settings import ScorecardType
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -47,7 +48,7 @@ def as_utc(value: datetime) -> datetime:
         return value
     try:
         return value.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00:00+01:00: before year 1 in UTC
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
         raise ValueError(f"{value.isoformat()} is out of range in UTC") from None
 
 
@@ -210,7 +211,7 @@ class DlqMessage(_Message):
     """What reaches the DLQ: the original bytes, the reason, and where they came from."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    reason: str
+    reason: RedactedStr
     source_topic: str
     source_partition: int | None = None
     source_offset: int | None = None

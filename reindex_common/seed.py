@@ -236,7 +236,7 @@ def seed(director_dsn: str, historic_dsn: str, plan: SeedPlan) -> SeedResult:
         cards.append(card)
         scores.extend(card_scores)
     try:
-        with connect(director_dsn) as conn, conn.cursor() as cur:
+        with connect(director_dsn, writable=True) as conn, conn.cursor() as cur:
             new_templates = _copy_then_merge(
                 cur,
                 "director.scorecard_template_revisions",
@@ -248,7 +248,7 @@ def seed(director_dsn: str, historic_dsn: str, plan: SeedPlan) -> SeedResult:
             # whole selection for every page instead of walking the created_at index.
             cur.execute("ANALYZE director.scorecard_template_revisions")
             cur.execute("ANALYZE director.scorecards")
-        with connect(historic_dsn) as conn, conn.cursor() as cur:
+        with connect(historic_dsn, writable=True) as conn, conn.cursor() as cur:
             new_scores = _copy_then_merge(cur, "historic.scorecard_scores", SCORE_COLUMNS, scores)
             cur.execute("ANALYZE historic.scorecard_scores")
     except psycopg.Error as e:

@@ -7,18 +7,31 @@ line or status output shows them; :meth:`Settings.describe` gives a masked view 
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reindex_common.errors import ConfigError
+from reindex_common.masking import (
+    install_log_redaction,
+    mask_dsn,
+    register_dsn,
+    register_secret,
+)
+from reindex_common.masking import (
+    mask_url as mask_url,  # re-exported: its old home
+)
 
 Mode = Literal["process", "conversation", "all"]
 ScorecardType = Literal["PROCESS", "CONVERSATION"]
@@ -31,17 +44,10 @@ MODE_TYPES: dict[str, tuple[ScorecardType, ...]] = {
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]*$")
+_HOUR = 3600.0
 
-
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs and status output)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+# ``REINDEX_*`` variables the project reads that are not settings (the dev stack's directory).
+NOT_SETTINGS = frozenset({"REINDEX_DEVSTACK_DIR"})
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ class Settings(BaseSettings):
     clickhouse_shards: SecretStr = SecretStr("http://127.0.0.1:8123")
     clickhouse_database: str = "reindex"
     mode: Mode = "process"
-    batch_size: int = Field(500, ge=1)
+    batch_size: int = Field(500, ge=1, le=100_000)
     topic_prefix: str = ""
 
     # --- Kafka security, passed through to every client ----------------------------------------
@@ -124,21 +130,23 @@ class Settings(BaseSettings):
 
     # --- Producer back-pressure: pause while the consumer group is more than this many messages
     # behind on the scorecards topic; None or 0 turns it off (``--max-lag``).
-    max_lag: int | None = Field(None, ge=0)
+    max_lag: int | None = Field(None, ge=0, le=10**12)
 
     # --- Topics --------------------------------------------------------------------------------
-    topic_partitions: int = Field(12, ge=1)
-    topic_replication: int = Field(1, ge=1)
+    topic_partitions: int = Field(12, ge=1, le=10_000)
+    topic_replication: int = Field(1, ge=1, le=100)
 
     # --- Consumer workers ----------------------------------------------------------------------
     consumer_group: str | None = None  # default: "<topic_prefix>scorecard-reindexer"
-    consumer_batch_size: int = Field(2000, ge=1)  # messages per batch at most
-    consumer_batch_wait: float = Field(0.5, gt=0)  # seconds to wait for a batch to fill
+    consumer_batch_size: int = Field(2000, ge=1, le=100_000)  # messages per batch at most
+    # Seconds to wait for a batch to fill.
+    consumer_batch_wait: float = Field(0.5, gt=0, le=_HOUR, allow_inf_nan=False)
     # A dead worker's partitions move once its session expires: seconds, not the usual minute.
-    consumer_session_timeout: float = Field(6.0, ge=1)
-    consumer_heartbeat_interval: float = Field(1.0, gt=0)
-    consumer_commit_interval: float = Field(1.0, gt=0)
-    write_retry_deadline: float = Field(300.0, gt=0)  # give up on a failing shard after this
+    consumer_session_timeout: float = Field(6.0, ge=1, le=_HOUR, allow_inf_nan=False)
+    consumer_heartbeat_interval: float = Field(1.0, gt=0, le=_HOUR, allow_inf_nan=False)
+    consumer_commit_interval: float = Field(1.0, gt=0, le=_HOUR, allow_inf_nan=False)
+    # Give up on a failing shard after this many seconds.
+    write_retry_deadline: float = Field(300.0, gt=0, le=7 * 24 * _HOUR, allow_inf_nan=False)
     metrics_port: int | None = Field(None, ge=1, le=65535)  # Prometheus /metrics when set
     metrics_bind: str = "127.0.0.1"
 
@@ -156,6 +164,20 @@ class Settings(BaseSettings):
             raise ValueError("may hold only letters, digits, '.', '_' and '-'")
         return value
 
+    @field_validator("pg_dsn", "historic_pg_dsn")
+    @classmethod
+    def _dsn_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+
+        if value is not None:
+            try:
+                conninfo_to_dict(value.get_secret_value())
+            except Exception:  # libpq's message may quote the secret
+                raise ValueError(
+                    "not a libpq connection string (key=value pairs or a postgresql:// URL)"
+                ) from None
+        return value
+
     @field_validator("clickhouse_shards")
     @classmethod
     def _shards_parse(cls, value: SecretStr) -> SecretStr:
@@ -166,11 +188,25 @@ class Settings(BaseSettings):
             ShardEndpoint.parse(i, url)
         return value
 
+    def model_post_init(self, context: Any, /) -> None:
+        """Register every secret these settings hold, so that no log line or error shows it."""
+        install_log_redaction()
+        register_dsn(self.pg_dsn.get_secret_value())
+        if self.historic_pg_dsn is not None:
+            register_dsn(self.historic_pg_dsn.get_secret_value())
+        for url in self.clickhouse_shards.get_secret_value().split(","):
+            register_dsn(url.strip())
+        if self.kafka_sasl_password is not None:
+            register_secret(self.kafka_sasl_password.get_secret_value())
+
     def replace(self, **changes: Any) -> Settings:
         """A validated copy with ``changes`` applied (``model_copy`` would keep stale caches)."""
         values = {name: getattr(self, name) for name in type(self).model_fields}
         values.update(changes)
-        return type(self)(**values)
+        try:
+            return type(self)(**values)
+        except ValidationError as e:
+            raise ConfigError(f"invalid settings: {_describe(e)}") from None
 
     def child_env(self) -> dict[str, str]:
         """The environment for a child ``reindex`` process that must see exactly these settings:
@@ -259,8 +295,8 @@ class Settings(BaseSettings):
     def describe(self) -> dict[str, str]:
         """The effective settings with every secret masked, for one log line at start-up."""
         return {
-            "pg_dsn": mask_url(self.director_dsn),
-            "historic_pg_dsn": mask_url(self.historic_dsn),
+            "pg_dsn": mask_dsn(self.director_dsn),
+            "historic_pg_dsn": mask_dsn(self.historic_dsn),
             "kafka_bootstrap": self.kafka_bootstrap,
             "kafka_security_protocol": self.kafka_security_protocol,
             "clickhouse_shards": ",".join(s.url for s in self.shards),
@@ -271,13 +307,41 @@ class Settings(BaseSettings):
         }
 
 
+def _describe(error: ValidationError) -> str:
+    """Each problem as ``REINDEX_NAME: what is wrong``: the variable, never the input (a secret)."""
+    return "; ".join(
+        f"REINDEX_{str(err['loc'][0]).upper() if err['loc'] else ''}: "
+        f"{err['msg'].removeprefix('Value error, ')}"
+        for err in error.errors()
+    )
+
+
+def check_unknown_variables(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> None:
+    """Raise :class:`ConfigError` naming the first ``REINDEX_*`` variable (in the environment or
+    the ``.env`` file) that is no setting, with the closest real name: a typo such as
+    ``REINDEX_CLICKHOUSE_SHARD`` would otherwise be ignored and the default used."""
+    known = {f"REINDEX_{name.upper()}" for name in Settings.model_fields} | NOT_SETTINGS
+    sources: list[tuple[str, Iterable[str]]] = [("environment", (environ or os.environ).keys())]
+    if env_file is not None and Path(env_file).is_file():
+        sources.append((str(env_file), dotenv_values(env_file).keys()))
+    for where, names in sources:
+        for name in sorted(names):
+            upper = name.upper()
+            if upper.startswith("REINDEX_") and upper not in known:
+                close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ConfigError(f"unknown setting {upper} in the {where}{hint}")
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, turning a validation failure into one readable :class:`ConfigError`."""
+    """Read the settings, turning a validation failure into one readable :class:`ConfigError`.
+
+    A ``REINDEX_*`` variable that is no setting is an error too (:func:`check_unknown_variables`).
+    """
+    check_unknown_variables()
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        problems = "; ".join(
-            f"REINDEX_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in e.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from None
+        raise ConfigError(f"invalid settings: {_describe(e)}") from None

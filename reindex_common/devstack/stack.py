@@ -82,7 +82,11 @@ class StackState:
     def save(self) -> None:
         path = Path(self.root) / STATE_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        # Owner only: it holds the Postgres DSN, which may carry a password.
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(asdict(self), indent=2))
         tmp.replace(path)
 
     @classmethod
