@@ -286,13 +286,13 @@ def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -
             f"{scores / job_seconds:,.0f} score rows/s"
         )
         for i, (c, s) in enumerate(_rows_per_shard(settings)):
-            say(f"  shard {i}        {c:,} scorecards, {s:,} scores ({state.shard_urls[i]})")
+            say(f"  shard {i}        {c:,} scorecards, {s:,} scores ({state.shard_addresses[i]})")
         say(f"  verification   {'passed' if report.ok else 'FAILED'}")
         say(f"  total time     {time.monotonic() - began:.1f} s")
         if options.keep:
             say(
                 f'look at the data: eval "$(reindex devstack env)"; then e.g. '
-                f"curl '{state.shard_urls[0]}/?database={DEMO_DATABASE}' "
+                f'curl "${{REINDEX_CLICKHOUSE_SHARDS%%,*}}/?database={DEMO_DATABASE}" '
                 "--data 'SELECT count() FROM scorecards FINAL'"
             )
         return report.ok
