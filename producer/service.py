@@ -33,9 +33,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from producer.job import JobInterrupted, JobOptions, run_job
+from producer.metrics import ServeMetrics
 from reindex_common.errors import BadInputError, KafkaError, ReindexError
+from reindex_common.jobs import JobCheckpoint
 from reindex_common.kafka import ReliableProducer, ensure_topics, reindexer_topics
 from reindex_common.messages import ReindexRequest, dlq_message, dump, parse_request
+from reindex_common.prometheus import MetricsServer
 from reindex_common.settings import Settings
 
 log = logging.getLogger("reindex.serve")
@@ -77,6 +80,7 @@ class RequestService:
         self.settings = settings
         self.options = options
         self._stopping = threading.Event()
+        self.metrics = ServeMetrics()
 
     def stop(self) -> None:
         """Stop at the next page boundary (safe from a signal handler or another thread)."""
@@ -156,17 +160,19 @@ class RequestService:
         options = JobOptions(
             max_rate=self.options.max_rate,
             show_progress=False,
-            on_page=lambda _cp: self._between_pages(consumer),
+            on_page=lambda cp: self._on_page(consumer, cp),
         )
         delay = self.options.backoff_s
+        self.metrics.job_started()
         while not self.stopping:
             try:
-                run_job(self.settings, request, options)  # it logs the job's end
+                final = run_job(self.settings, request, options)  # it logs the job's end
             except JobInterrupted:
                 return False
             except BadInputError as e:  # e.g. the job id exists with another range
                 return self._reject(consumer, message, str(e))
             except ReindexError as e:
+                self.metrics.job_failed()
                 log.error(
                     "job %s failed, retrying in %.0f s (request not committed): %s",
                     request.job_id,
@@ -176,6 +182,7 @@ class RequestService:
                 self._wait(consumer, delay)
                 delay = min(delay * 2, self.options.max_backoff_s)
                 continue
+            self.metrics.job_completed(final)
             return True
         return False
 
@@ -197,6 +204,7 @@ class RequestService:
                 producer = ReliableProducer(self.settings, client_id="reindex-serve-dlq")
                 producer.send(self.settings.dlq_topic, dump(envelope), key=message.key())
                 producer.flush(30)
+                self.metrics.request_rejected()
                 return True
             except ReindexError as e:
                 log.error("cannot write to the DLQ, retrying in %.0f s: %s", delay, e)
@@ -235,6 +243,10 @@ class RequestService:
             consumer.seek(TopicPartition(topic, partition, offset))
         consumer.pause(consumer.assignment())
 
+    def _on_page(self, consumer: Consumer, checkpoint: JobCheckpoint) -> None:
+        self.metrics.checkpoint(checkpoint)
+        self._between_pages(consumer)
+
     def _between_pages(self, consumer: Consumer) -> None:
         if self.stopping:
             raise JobInterrupted("the service is stopping")
@@ -249,6 +261,10 @@ class RequestService:
 def serve_forever(settings: Settings, options: ServeOptions = ServeOptions()) -> None:
     """Run the service in the main thread; SIGTERM and SIGINT stop it at a page boundary."""
     service = RequestService(settings, options)
+    metrics_server = None
+    if settings.metrics_port is not None:  # GET /metrics, from a daemon thread
+        render = service.metrics.exposition
+        metrics_server = MetricsServer(settings.metrics_bind, settings.metrics_port, render)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         service.stop()
@@ -261,3 +277,5 @@ def serve_forever(settings: Settings, options: ServeOptions = ServeOptions()) ->
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if metrics_server is not None:
+            metrics_server.stop()
