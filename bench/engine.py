@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -74,8 +75,17 @@ def _copy_statements(
     ]
 
 
-def _copy_in_process(database: str, copies: list[str]) -> tuple[float, float]:
-    """In a fresh process: create the target tables, run the copies; their start and end."""
+@dataclass(frozen=True)
+class EngineCopy:
+    """What the engine copied: the slowest shard's time, and the rows it wrote in all."""
+
+    seconds: float
+    scorecards: int
+    scores: int
+
+
+def _copy_in_process(database: str, copies: list[str]) -> tuple[float, int, int]:
+    """In a fresh process: create the target tables, run the copies; their time and rows."""
     os.environ["TZ"] = "UTC"  # the engine's server timezone, read when it loads
     time.tzset()
     import chdb.session  # noqa: PLC0415 - loaded in the worker process only, after TZ is set
@@ -85,17 +95,24 @@ def _copy_in_process(database: str, copies: list[str]) -> tuple[float, float]:
     try:
         for stmt in statements(target_ddl(database)):
             session.query(stmt)
-        began = time.time()
+        began = time.monotonic()
         for sql in copies:
             session.query(sql)
-        return began, time.time()
+        seconds = time.monotonic() - began
+        counts = [
+            int(bytes(session.query(f"SELECT count() FROM `{database}`.{table}").bytes()))
+            for table in ("scorecards", "scorecard_scores")
+        ]
+        return seconds, counts[0], counts[1]
     finally:
         session.close()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def run_engine_copy(settings: Settings, start: datetime, end: datetime, types: list[str]) -> float:
-    """All shards' parts copied at once, one engine process each; the slowest copy's time."""
+def run_engine_copy(
+    settings: Settings, start: datetime, end: datetime, types: list[str]
+) -> EngineCopy:
+    """All shards' parts copied at once, one engine process each."""
     shards = range(len(settings.shards))
     context = multiprocessing.get_context("spawn")  # chdb allows one session per process
     with ProcessPoolExecutor(len(shards), mp_context=context) as pool:
@@ -107,5 +124,9 @@ def run_engine_copy(settings: Settings, start: datetime, end: datetime, types: l
             )
             for i in shards
         ]
-        spans = [future.result() for future in futures]
-    return max(e - b for b, e in spans)
+        results = [future.result() for future in futures]
+    return EngineCopy(
+        seconds=max(r[0] for r in results),
+        scorecards=sum(r[1] for r in results),
+        scores=sum(r[2] for r in results),
+    )
