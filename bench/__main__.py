@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench import cpu
 from bench.baseline import run_baseline
 from bench.engine import run_engine_copy
 from reindex.status import JobWatcher
@@ -50,6 +51,7 @@ class Result:
     scores: int
     peak_mb: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per component
 
     @property
     def cards_per_s(self) -> float:
@@ -71,7 +73,7 @@ def _peak_mb(pid: int) -> float:
 
 
 class Proc:
-    """A ``reindex`` subprocess whose peak memory is sampled while it runs."""
+    """A ``reindex`` subprocess: its peak memory sampled while it runs, its CPU when reaped."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
         self.name = name
@@ -84,36 +86,65 @@ class Proc:
                 stderr=subprocess.STDOUT,
             )
         self.peak = 0.0
+        self.cpu_s = 0.0  # user + system seconds, known once reaped
+        self._reaped = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
     def _sample(self) -> None:
-        while self.popen.poll() is None:
+        while not self._reaped.is_set():
             self.peak = max(self.peak, _peak_mb(self.popen.pid))
-            time.sleep(0.2)
+            self._reaped.wait(0.2)
+
+    def poll(self) -> int | None:
+        """The exit code once it has exited; reaps it with wait4 to read its CPU."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        pid, status, usage = os.wait4(self.popen.pid, os.WNOHANG)
+        if pid == 0:
+            return None
+        self.popen.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu_s = usage.ru_utime + usage.ru_stime
+        self._reaped.set()
+        return self.popen.returncode
+
+    def cpu_so_far(self) -> float:
+        return cpu.process_cpu_s(self.popen.pid)
 
     def wait(self, timeout: float = 3600) -> int:
-        code = self.popen.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} still running after {timeout:.0f} s")
+            time.sleep(0.05)
         self._sampler.join()
         return code
 
     def stop(self) -> None:
         self.peak = max(self.peak, _peak_mb(self.popen.pid))
-        if self.popen.poll() is None:
+        if self.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
         try:
-            self.popen.wait(60)
-        except subprocess.TimeoutExpired:
+            self.wait(60)
+        except TimeoutError:
             self.popen.kill()
-        self._sampler.join()
+            self.wait(60)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
 
 class Bench:
-    def __init__(self, base: Settings, logs: Path, start: datetime, end: datetime) -> None:
+    def __init__(
+        self,
+        base: Settings,
+        logs: Path,
+        start: datetime,
+        end: datetime,
+        services: cpu.ServiceMeter,
+    ) -> None:
         self.base = base
+        self.services = services
         self.logs = logs
         self.start, self.end = start, end
         self.counter = 0
@@ -151,7 +182,7 @@ class Bench:
         with JobWatcher(settings, job_id) as watcher:
             while True:
                 for p in procs:
-                    if p.popen.poll() is not None and p.popen.returncode != 0:
+                    if p.poll() not in (None, 0):
                         raise ReindexError(f"{p.name} exited: {p.output()[-500:]}")
                 try:
                     if watcher.status().complete:
@@ -208,11 +239,18 @@ class Bench:
         self._producer_settings = settings
         cards, scores = self.cards, self.scores
         began = time.monotonic()
+        services = self.services.snapshot()
         p = Proc("producer", self.produce_args("bench-producer"), self.env(settings), self.logs)
         if p.wait() != 0:
             raise ReindexError(f"producer failed: {p.output()[-500:]}")
+        spent = {"producer": p.cpu_s} | self.services.spent(services, self.services.snapshot())
         return Result(
-            "producer alone", time.monotonic() - began, cards, scores, {"producer": p.peak}
+            "producer alone",
+            time.monotonic() - began,
+            cards,
+            scores,
+            {"producer": p.peak},
+            cpu_s=spent,
         )
 
     def consumers(self, count: int) -> Result:
@@ -224,10 +262,15 @@ class Bench:
         began = time.monotonic()
         workers = self.start_workers(settings, count, f"drain{count}")
         joined = time.monotonic() - began
+        # The workers' start-up and group join are not part of draining: count from here.
+        workers_before = sum(w.cpu_so_far() for w in workers)
+        services = self.services.snapshot()
         self.wait_complete(settings, "bench-producer", workers)
         seconds = time.monotonic() - began - joined
+        services = self.services.spent(services, self.services.snapshot())
         for w in workers:
             w.stop()
+        spent = {"workers": sum(w.cpu_s for w in workers) - workers_before} | services
         return Result(
             f"{count} consumer(s) draining a filled topic",
             seconds,
@@ -235,22 +278,30 @@ class Bench:
             scores,
             {w.name: w.peak for w in workers},
             note=f"after a group join of {joined:.1f} s",
+            cpu_s=spent,
         )
 
     def pipeline(self, count: int) -> Result:
         settings = self.fresh(f"pipeline{count}")
         cards, scores = self.cards, self.scores
         workers = self.start_workers(settings, count, f"pipe{count}")
+        workers_before = sum(w.cpu_so_far() for w in workers)
+        services = self.services.snapshot()
         began = time.monotonic()
         job = f"bench-pipeline{count}"
         p = Proc(f"pipe{count}-producer", self.produce_args(job), self.env(settings), self.logs)
         self.wait_complete(settings, job, [p, *workers])
         seconds = time.monotonic() - began
+        services = self.services.spent(services, self.services.snapshot())
         p.wait()
         for w in workers:
             w.stop()
         peaks = {p.name: p.peak} | {w.name: w.peak for w in workers}
-        return Result(f"pipeline, {count} worker(s)", seconds, cards, scores, peaks)
+        spent = {
+            "producer": p.cpu_s,
+            "workers": sum(w.cpu_s for w in workers) - workers_before,
+        } | services
+        return Result(f"pipeline, {count} worker(s)", seconds, cards, scores, peaks, cpu_s=spent)
 
     def engine(self) -> Result:
         settings = self.fresh("engine")
@@ -274,6 +325,7 @@ def _report(results: dict[str, Result], say: Callable[[str], None]) -> None:
             f"| {r.name}{note} | {r.seconds:.1f} | {r.cards_per_s:,.0f} | "
             f"{r.scores_per_s:,.0f} | {peaks} |"
         )
+    _report_cpu(results, say)
     base, limit = results.get("baseline"), results.get("engine")
     for key in ("pipeline1", "pipeline2"):
         run = results.get(key)
@@ -283,6 +335,24 @@ def _report(results: dict[str, Result], say: Callable[[str], None]) -> None:
             say(f"{run.name} / baseline: {run.cards_per_s / base.cards_per_s:.1f}x")
         if limit:
             say(f"{run.name} / engine limit: {100 * run.cards_per_s / limit.cards_per_s:.1f}%")
+
+
+CPU_COMPONENTS = ("producer", "workers", "broker", "postgres", "shards")
+
+
+def _report_cpu(results: dict[str, Result], say: Callable[[str], None]) -> None:
+    measured = [r for r in results.values() if r.cpu_s]
+    if not measured:
+        return
+    say("")
+    say("CPU per scorecard (µs; user + system, every process of the pipeline, from /proc):")
+    say("")
+    say("| run | " + " | ".join(CPU_COMPONENTS) + " | total |")
+    say("|---|" + "---:|" * (len(CPU_COMPONENTS) + 1))
+    for r in measured:
+        per_card = cpu.per_scorecard_us(r.cpu_s, r.scorecards)
+        cells = [f"{per_card[c]:,.0f}" if c in per_card else "" for c in CPU_COMPONENTS]
+        say(f"| {r.name} | " + " | ".join(cells) + f" | {sum(per_card.values()):,.0f} |")
 
 
 def main() -> int:
@@ -323,7 +393,12 @@ def main() -> int:
         plan = SeedPlan(args.scorecards, seed=7, mean_scores=args.mean_scores)
         began = time.monotonic()
         seed(dsn, dsn, plan)
-        bench = Bench(settings, logs, plan.start, plan.end)
+        meter = cpu.ServiceMeter(
+            broker=state.kafka.pid,
+            shards=[shard.pid for shard in state.shards],
+            postmaster=cpu.postmaster_pid(dsn),
+        )
+        bench = Bench(settings, logs, plan.start, plan.end, meter)
         cards, scores = bench.cards, bench.scores
         say(
             f"dataset: {cards:,} scorecards, {scores:,} scores "

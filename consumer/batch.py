@@ -9,15 +9,19 @@ wins, so one write carries one version of it.
 
 from __future__ import annotations
 
+import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import ValidationError
 
+from reindex_common import datetime64
 from reindex_common.messages import (
+    JOB_ID_PATTERN,
     ScorecardMessageDict,
     describe_validation_error,
     parse_scorecard_message,
@@ -25,6 +29,8 @@ from reindex_common.messages import (
 from reindex_common.routing import shard_for
 
 T = TypeVar("T")
+
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 class KafkaRecord(Protocol):
@@ -97,31 +103,54 @@ class ParsedBatch:
         return sum(b.score_count for b in self.shards.values())
 
 
+def _job_id(message: Any) -> str | None:
+    """The job id of a parsed-but-invalid message, when it has a valid one (SPEC §7)."""
+    job = message.get("job_id") if isinstance(message, dict) else None
+    return job if isinstance(job, str) and _JOB_ID.fullmatch(job) else None
+
+
+def _invalid(raw: bytes, error: ValidationError | None) -> tuple[str, str | None]:
+    """The DLQ reason for a message that failed validation (or carries sub-microseconds).
+
+    A time the target cannot hold exactly gets ``<column> = <value>: outside what
+    DateTime64(6, 'UTC') holds`` (SPEC §7): never written clamped, never dropped in silence.
+    """
+    try:
+        message: Any = json.loads(raw)  # not orjson: it refuses the NaN and Infinity we carry
+    except (ValueError, RecursionError):
+        message = None
+    reasons = datetime64.finer_than_microseconds(message)
+    other = False
+    for err in error.errors() if error is not None else []:
+        why = datetime64.unholdable(cast("dict[str, Any]", err))
+        if why is None:
+            other = True
+        else:
+            reasons.append(why)
+    if other:
+        assert error is not None
+        reasons.append(f"invalid scorecard message: {describe_validation_error(error)}")
+    return "; ".join(reasons), _job_id(message)
+
+
 def parse(raw: KafkaRecord) -> ScorecardMessageDict | Rejected:
     if not raw.value:
         return Rejected(raw, "empty message")
     try:
-        return parse_scorecard_message(raw.value)
+        parsed = parse_scorecard_message(raw.value)
     except ValidationError as e:
-        return Rejected(raw, f"invalid scorecard message: {describe_validation_error(e)}")
-
-
-_MICROSECOND = timedelta(microseconds=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+        reason, job_id = _invalid(raw.value, e)
+        return Rejected(raw, reason, job_id)
+    if datetime64.may_have_sub_microseconds(raw.value):  # rare: a quick look at the bytes first
+        reason, job_id = _invalid(raw.value, None)
+        if reason:
+            return Rejected(raw, reason, job_id)
+    return parsed
 
 
 def _ticks(times: list[datetime]) -> list[int]:
-    """DateTime64(6) values as microseconds since the epoch, ready for the Native format.
-
-    clickhouse-connect converts a datetime with ``timestamp()`` and ``floor`` per value, the
-    largest part of an insert's serialization. Subtracting an epoch that carries the same
-    ``tzinfo`` object (pydantic reuses one per offset) is exact and several times cheaper; a value
-    with another offset is still subtracted correctly, only more slowly.
-    """
-    if not times:
-        return []
-    epoch = _EPOCH.replace(tzinfo=times[0].tzinfo)
-    return [(t - epoch) // _MICROSECOND for t in times]
+    """DateTime64(6) values as microseconds since the epoch, exact for any offset, per value."""
+    return datetime64.column_ticks(times)
 
 
 def _ticks_or_none(times: list[datetime | None]) -> list[int | None]:

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from consumer.accounting import job_records
 from consumer.batch import KafkaRecord, ParsedBatch, build
 from consumer.metrics import Metrics
 from consumer.writer import ShardWriter
 from reindex_common.kafka import ReliableProducer
 from reindex_common.messages import dlq_message, dump
 from reindex_common.settings import Settings
-from reindex_common.written import WrittenRecord, to_runs
 
 log = logging.getLogger("reindex.consumer")
 
@@ -104,18 +104,11 @@ class BatchProcessor:
             future.result()  # re-raises the first shard's failure
         written_at = time.monotonic()
 
-        for job_id, offsets in parsed.job_offsets.items():
-            scorecards, scores = parsed.job_counts.get(job_id, (0, 0))
-            record = WrittenRecord(
-                job_id=job_id,
-                worker=self.worker_id,
-                runs={p: to_runs(o) for p, o in offsets.items()},
-                scorecards=scorecards,
-                scores=scores,
-                per_shard=parsed.job_shards.get(job_id, {}),
-            )
+        for record in job_records(parsed, self.worker_id):  # written and dead-lettered, per job
             self.producer.send(
-                self.settings.written_topic, record.model_dump_json().encode(), key=job_id.encode()
+                self.settings.written_topic,
+                record.model_dump_json().encode(),
+                key=record.job_id.encode(),
             )
         self.producer.flush()  # DLQ envelopes and written records are durable before the ack
 

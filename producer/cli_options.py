@@ -9,17 +9,33 @@ import click
 from pydantic import ValidationError
 
 from reindex_common.errors import BadInputError
-from reindex_common.messages import ReindexRequest, describe_validation_error, parse_time
+from reindex_common.messages import ReindexRequest, describe_validation_error
 from reindex_common.settings import MODE_TYPES, Settings
+from reindex_common.timerange import resolve_range
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def job_options(command: F) -> F:
-    """Add --start, --end, --types, --mode, --batch-size, --clean-up and --job-id."""
+def range_options(command: F) -> F:
+    """Add --start, --end and --last (give --start and --end, or --last; see resolve_range)."""
     options = [
-        click.option("--start", required=True, help="Start of the range (ISO 8601, inclusive)."),
-        click.option("--end", required=True, help="End of the range (ISO 8601, exclusive)."),
+        click.option("--start", help="Start of the range (ISO 8601, inclusive)."),
+        click.option("--end", help="End of the range (ISO 8601, exclusive)."),
+        click.option(
+            "--last",
+            metavar="DURATION",
+            help="Instead of --start/--end: the range ending now, e.g. 24h, 90m, 7d, 2w.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def job_options(command: F) -> F:
+    """Add --start, --end, --last, --types, --mode, --batch-size, --clean-up and --job-id."""
+    options = [
+        range_options,
         click.option("--types", help="Scorecard types, comma-separated: PROCESS,CONVERSATION."),
         click.option(
             "--mode",
@@ -39,16 +55,28 @@ def job_options(command: F) -> F:
     return command
 
 
+def max_lag_option(command: F) -> F:
+    """``--max-lag N``: back-pressure on the producer (overrides REINDEX_MAX_LAG)."""
+    return click.option(
+        "--max-lag",
+        type=click.IntRange(min=0),
+        metavar="N",
+        help="Pause publishing while the consumer group is more than N messages behind on the "
+        "scorecards topic; 0 turns it off (default: REINDEX_MAX_LAG, off).",
+    )(command)
+
+
 def build_request(
     settings: Settings,
     *,
-    start: str,
-    end: str,
+    start: str | None,
+    end: str | None,
     types: str | None,
     mode: str | None,
     batch_size: int | None,
     clean_up: bool,
     job_id: str | None,
+    last: str | None = None,
 ) -> ReindexRequest:
     """The request the options describe, or :class:`BadInputError` naming what is wrong."""
     if types and mode:
@@ -66,9 +94,10 @@ def build_request(
     size = settings.batch_size if batch_size is None else batch_size
     if size < 1:
         raise BadInputError(f"--batch-size must be at least 1 (got {size})")
+    range_start, range_end = resolve_range(start, end, last)
     values: dict[str, Any] = {
-        "start": parse_time(start),
-        "end": parse_time(end),
+        "start": range_start,
+        "end": range_end,
         "scorecard_types": chosen,
         "batch_size": size,
         "clean_up": clean_up,

@@ -29,6 +29,7 @@ from producer.source import Page, ScorecardSource, Selection, prefetched
 from reindex_common.errors import BadInputError, ReindexError
 from reindex_common.jobs import JobCheckpoint, read_checkpoint, write_checkpoint
 from reindex_common.kafka import ReliableProducer, ensure_topics, reindexer_topics
+from reindex_common.lag import LagGate
 from reindex_common.messages import ReindexRequest
 from reindex_common.progress import ProgressView
 from reindex_common.settings import Settings
@@ -133,6 +134,29 @@ def run_and_report(settings: Settings, request: ReindexRequest, options: JobOpti
     )
 
 
+def run_and_summarize(
+    settings: Settings, request: ReindexRequest, options: JobOptions
+) -> dict[str, object]:
+    """Run the job (see :func:`run_job`) and return the summary of ``produce -o json``."""
+    began_at = datetime.now(UTC)
+    began = time.monotonic()
+    result = run_job(settings, request, options)
+    return {
+        "job_id": result.job_id,
+        "state": result.state,
+        "dry_run": options.dry_run,
+        "already_done": not options.dry_run and result.updated_at < began_at,
+        "selected": result.selected,
+        "published_scorecards": result.published_scorecards,
+        "published_scores": result.published_scores,
+        "pages": result.pages,
+        "seconds": round(time.monotonic() - began, 3),
+        "request": result.request.model_dump(mode="json"),
+        "started_at": result.started_at.isoformat(),
+        "finished_at": None if result.finished_at is None else result.finished_at.isoformat(),
+    }
+
+
 class _JobRun:
     """The state of one run of a job; ``checkpoint`` is always the last one recorded."""
 
@@ -204,7 +228,7 @@ class _JobRun:
         )
         in_flight: deque[tuple[int, Page]] = deque()
         pages = source.pages(selection, self.checkpoint.cursor, request.batch_size)
-        with progress_view as progress:
+        with progress_view as progress, LagGate(self.settings, topic) as gate:
             progress.advance(0, start_at=self.checkpoint.published_scorecards)
             try:
                 for number, page in enumerate(prefetched(pages), start=1):
@@ -219,6 +243,12 @@ class _JobRun:
                     self._checkpoint_delivered(in_flight, MAX_PAGES_IN_FLIGHT)
                     progress.advance(page.size)
                     limit.after(page.size)
+                    gate.wait(  # back-pressure (--max-lag): record what is out, then wait
+                        lambda: self.producer.offsets_of(topic),
+                        show=progress.note,
+                        before=lambda: self._checkpoint_delivered(in_flight, 0),
+                        between=self._after_page,
+                    )
                     self._after_page()
             except JobInterrupted:
                 self._checkpoint_delivered(in_flight, 0)  # record what was published, then stop

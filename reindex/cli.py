@@ -15,8 +15,10 @@ from typing import Any
 
 import click
 
-from producer.cli_options import build_request, job_options
-from reindex_common.errors import BadInputError, ReindexError
+from producer.cli_options import build_request, job_options, max_lag_option, range_options
+from reindex.dlq_commands import dlq
+from reindex.output import emit_json, output_option, say
+from reindex_common.errors import BadInputError, NotCleanError, ReindexError
 from reindex_common.messages import parse_time
 from reindex_common.settings import Settings, load_settings
 
@@ -43,6 +45,9 @@ def _configure_logging(level: str) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(
+    package_name="scorecard-reindexer", prog_name="reindex", message="%(prog)s %(version)s"
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.option(
     "--log-level",
@@ -235,35 +240,64 @@ def devstack_env() -> None:
     show_default=True,
     help="With --verify: how long to wait for the consumers.",
 )
+@max_lag_option
+@output_option
 def produce(
     restart: bool,
     dry_run: bool,
     max_rate: float | None,
     verify_after: bool,
     timeout: float,
+    max_lag: int | None,
+    output: str,
     **job: Any,
 ) -> None:
-    """Run one job now: page Postgres and publish; rerun with the same --job-id to resume."""
-    from producer.job import JobOptions, run_and_report  # noqa: PLC0415
+    """Run one job now: page Postgres and publish; rerun with the same --job-id to resume.
 
-    settings = _settings()
+    \b
+    Examples:
+      reindex produce --start 2026-01-01 --end 2026-02-01 --mode all --clean-up
+      reindex produce --last 24h --max-lag 50000 -o json
+    """
+    from producer.job import JobOptions, run_and_report, run_and_summarize  # noqa: PLC0415
+
+    settings = _with_max_lag(_settings(), max_lag)
     request = build_request(settings, **job)
     _check_max_rate(max_rate)
     log.info("settings: %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
-    click.echo(run_and_report(settings, request, JobOptions(restart, dry_run, max_rate)))
-    if verify_after and not dry_run:
-        _wait_and_verify(settings, request.job_id, timeout)
+    options = JobOptions(restart, dry_run, max_rate)
+    check = verify_after and not dry_run
+    if output == "json":
+        document = run_and_summarize(settings, request, options)
+        verified = _wait_and_verify(settings, request.job_id, timeout, output) if check else None
+        emit_json(document if verified is None else {**document, "verify": verified})
+    else:
+        click.echo(run_and_report(settings, request, options))
+        verified = _wait_and_verify(settings, request.job_id, timeout) if check else None
+    if verified is not None and not verified["ok"]:
+        raise NotCleanError("verification failed: reindex the buckets it lists")
 
 
-def _wait_and_verify(settings: Settings, job_id: str, timeout: float) -> None:
-    from reindex.status import wait_for_job  # noqa: PLC0415
+def _wait_and_verify(
+    settings: Settings, job_id: str, timeout: float, output: str = "text"
+) -> dict[str, Any]:
+    from reindex.status import raise_for_outcome, wait_for_job  # noqa: PLC0415
+    from reindex.verify import verify as run_verify  # noqa: PLC0415
 
-    report = wait_for_job(settings, job_id, timeout, say=click.echo)
-    if not report.complete:
-        raise ReindexError(f"job {job_id} not fully written after {timeout:.0f} s")
+    report = wait_for_job(settings, job_id, timeout, say=say(output))
+    if report is not None:
+        say(output)(report.describe())
+    raise_for_outcome(report, job_id, waited_s=timeout)  # failed 1, dead letters 3, timeout 4
+    assert report is not None
     req = report.checkpoint.request
-    if not _run_verify(settings, req.start, req.end, req.scorecard_types, "day"):
-        raise ReindexError("verification failed: reindex the buckets listed above")
+    result = run_verify(settings, req.start, req.end, req.scorecard_types, "day")
+    if output != "json":
+        click.echo(result.describe())
+    return result.as_document()
+
+
+def _with_max_lag(settings: Settings, max_lag: int | None) -> Settings:
+    return settings if max_lag is None else settings.replace(max_lag=max_lag)
 
 
 def _check_max_rate(max_rate: float | None) -> None:
@@ -285,7 +319,8 @@ def request(**job: Any) -> None:
 
 @cli.command()
 @click.option("--max-rate", type=float, help="At most this many scorecards per second, per job.")
-def serve(max_rate: float | None) -> None:
+@max_lag_option
+def serve(max_rate: float | None, max_lag: int | None) -> None:
     """Long-running producer service: take request messages and run each job.
 
     Commits a request only once its job is fully published; SIGTERM or Ctrl-C stops at the next
@@ -293,7 +328,7 @@ def serve(max_rate: float | None) -> None:
     """
     from producer.service import ServeOptions, serve_forever  # noqa: PLC0415
 
-    settings = _settings()
+    settings = _with_max_lag(_settings(), max_lag)
     _check_max_rate(max_rate)
     log.info("settings: %s", " ".join(f"{k}={v}" for k, v in settings.describe().items()))
     serve_forever(settings, ServeOptions(max_rate=max_rate))
@@ -329,13 +364,17 @@ def consume(worker_id: str | None, batch_size: int | None, metrics_port: int | N
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--wait", is_flag=True, help="Wait until every published scorecard is written.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the job to appear and finish; exit 0 once it is fully written and clean.",
+)
 @click.option(
     "--timeout",
     type=float,
     default=3600.0,
     show_default=True,
-    help="With --wait: give up (exit 1) after this many seconds.",
+    help="With --wait: give up (exit 4) after this many seconds.",
 )
 @click.option(
     "--verify",
@@ -343,24 +382,80 @@ def consume(worker_id: str | None, batch_size: int | None, metrics_port: int | N
     is_flag=True,
     help="Once fully written, verify the job's range against Postgres.",
 )
-def status(job_id: str, wait: bool, timeout: float, verify_after: bool) -> None:
-    """Published vs written for a job; with --wait, exit 0 once it is fully written."""
-    from reindex.status import job_status, wait_for_job  # noqa: PLC0415
+@output_option
+def status(job_id: str, wait: bool, timeout: float, verify_after: bool, output: str) -> None:
+    """Published, written and dead-lettered scorecards of a job, and its state.
 
+    Exit codes: 0 complete and clean (or, without --wait, still on its way); 1 failed or
+    cancelled (with the reason); 3 complete with dead-lettered scorecards (the first few named);
+    4 --wait gave up.
+
+    \b
+    Examples:
+      reindex status nightly-2026-03-01
+      reindex status nightly-2026-03-01 --wait --timeout 7200 -o json
+    """
+    from reindex.status import (  # noqa: PLC0415
+        check_job_id,
+        job_status,
+        raise_for_outcome,
+        wait_for_job,
+    )
+
+    as_json = output == "json"
+    check_job_id(job_id)
+    if verify_after and as_json:
+        raise BadInputError("--verify prints text: use it without -o json")
     settings = _settings()
     if wait:
-        report = wait_for_job(settings, job_id, timeout, say=click.echo)
+        report = wait_for_job(settings, job_id, timeout, say=say(output))
     else:
         report = job_status(settings, job_id)
-        click.echo(report.describe())
-    if wait and not report.complete:
-        raise ReindexError(f"job {job_id} not fully written after {timeout:.0f} s")
+    if report is not None:
+        if as_json:
+            emit_json(report.document())
+        else:
+            click.echo(report.describe())
+    raise_for_outcome(report, job_id, waited_s=timeout if wait else None)
     if verify_after:
+        assert report is not None
         if not report.complete:
             raise ReindexError(f"job {job_id} is not fully written yet: nothing to verify")
         req = report.checkpoint.request
         if not _run_verify(settings, req.start, req.end, req.scorecard_types, "day"):
             raise ReindexError("verification failed: reindex the buckets listed above")
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--all", "show_all", is_flag=True, help="Every job, not only the recent ones.")
+@output_option
+@click.pass_context
+def jobs(ctx: click.Context, show_all: bool, output: str) -> None:
+    """The jobs in the jobs topic, newest first (without a subcommand).
+
+    Id, range, types, clean-up, state (requested, running, done, failed, cancelled), published /
+    written / dead-lettered scorecards, started, last update and failure reason. Shows the
+    most recent jobs; --all shows every one.
+
+    \b
+    Examples:
+      reindex jobs
+      reindex jobs --all -o json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from reindex.jobs import list_jobs  # noqa: PLC0415
+
+    listing = list_jobs(_settings(), show_all=show_all)
+    if output == "json":
+        emit_json(listing.document())
+    else:
+        click.echo(listing.table())
+    if listing.hidden and output != "json":
+        click.echo(f"{listing.hidden} older job(s) not shown: reindex jobs --all", err=True)
 
 
 # --- verify ------------------------------------------------------------------------------------
@@ -375,8 +470,7 @@ def _run_verify(settings: Settings, start: Any, end: Any, types: Any, bucket: st
 
 
 @cli.command()
-@click.option("--start", required=True, help="Start of the range (ISO 8601, inclusive).")
-@click.option("--end", required=True, help="End of the range (ISO 8601, exclusive).")
+@range_options
 @click.option("--types", help="Scorecard types, comma-separated: PROCESS,CONVERSATION.")
 @click.option(
     "--mode",
@@ -390,21 +484,50 @@ def _run_verify(settings: Settings, start: Any, end: Any, types: Any, bucket: st
     show_default=True,
     help="Compare per day or per hour of created_at.",
 )
-def verify(start: str, end: str, types: str | None, mode: str | None, bucket: str) -> None:
-    """Compare Postgres with the shards per time bucket; exit 0 only when all match."""
+@output_option
+def verify(
+    start: str | None,
+    end: str | None,
+    last: str | None,
+    types: str | None,
+    mode: str | None,
+    bucket: str,
+    output: str,
+) -> None:
+    """Compare Postgres with the shards per time bucket; exit 0 when all match, 3 when not.
+
+    \b
+    Examples:
+      reindex verify --start 2026-01-01 --end 2026-02-01 --mode all
+      reindex verify --last 24h --bucket hour -o json
+    """
+    from reindex.verify import verify as run_verify  # noqa: PLC0415
+
     settings = _settings()
     request = build_request(
         settings,
         start=start,
         end=end,
+        last=last,
         types=types,
         mode=mode,
         batch_size=None,
         clean_up=False,
         job_id="verify",
     )
-    if not _run_verify(settings, request.start, request.end, request.scorecard_types, bucket):
-        raise ReindexError("verification failed: reindex the buckets listed above")
+    report = run_verify(
+        settings,
+        request.start,
+        request.end,
+        request.scorecard_types,
+        "hour" if bucket == "hour" else "day",
+    )
+    if output == "json":
+        emit_json(report.as_document())
+    else:
+        click.echo(report.describe())
+    if not report.ok:
+        raise NotCleanError("verification failed: reindex the buckets listed above")
 
 
 # --- demo --------------------------------------------------------------------------------------
@@ -451,6 +574,8 @@ def demo(
     if not run_demo(options, _settings(), say=click.echo):
         raise ReindexError("the demo failed (see above)")
 
+
+cli.add_command(dlq)
 
 # --- entry point -------------------------------------------------------------------------------
 

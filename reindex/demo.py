@@ -7,7 +7,8 @@
    the producer, showing published and written counts per shard as they grow;
 4. wait until the job is fully written, stop the workers, verify the result against Postgres;
 5. report time, throughput, rows per shard and the verification; stop what it started (unless
-   ``keep``). It succeeds only when verification passed.
+   ``keep``). It succeeds only when verification passed and nothing was dead-lettered (SPEC §7:
+   a job complete with dead letters is not clean, exit 3).
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def _progress_table(status: JobStatus | None, per_shard: list[int], elapsed: flo
 
 def _run_job_and_watch(
     settings: Settings, request: ReindexRequest, workers: _Workers, say: Callable[[str], None]
-) -> tuple[JobCheckpoint, float]:
+) -> tuple[JobStatus, float]:
     """Run the producer in a thread; show progress until the job is fully written."""
     began = time.monotonic()
     result: dict[str, JobCheckpoint | BaseException] = {}
@@ -209,9 +210,8 @@ def _run_job_and_watch(
                 )
             if status is not None and status.complete and not thread.is_alive():
                 break
-    checkpoint = result["checkpoint"]
-    assert isinstance(checkpoint, JobCheckpoint)
-    return checkpoint, time.monotonic() - began
+    assert status is not None  # the loop ends only on a complete status
+    return status, time.monotonic() - began
 
 
 def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -> bool:
@@ -268,7 +268,8 @@ def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -
             batch_size=settings.batch_size,
             clean_up=True,
         )
-        checkpoint, job_seconds = _run_job_and_watch(settings, request, workers, say)
+        final, job_seconds = _run_job_and_watch(settings, request, workers, say)
+        checkpoint = final.checkpoint
         workers.stop()
         workers = None
 
@@ -280,6 +281,10 @@ def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -
         cards, scores = checkpoint.published_scorecards, checkpoint.published_scores
         say(f"  job            {request.job_id} ({', '.join(request.scorecard_types)}, clean-up)")
         say(f"  published      {cards:,} scorecards with {scores:,} scores")
+        say(
+            f"  dead-lettered  {final.dead_lettered:,} scorecards with "
+            f"{final.written.dead_lettered_scores:,} scores"
+        )
         say(f"  job time       {job_seconds:.1f} s, from the first query to fully written")
         say(
             f"  throughput     {cards / job_seconds:,.0f} scorecards/s, "
@@ -295,6 +300,9 @@ def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -
                 f'curl "${{REINDEX_CLICKHOUSE_SHARDS%%,*}}/?database={DEMO_DATABASE}" '
                 "--data 'SELECT count() FROM scorecards FINAL'"
             )
+        problem = final.problem()  # complete with dead letters: not clean (exit 3)
+        if problem is not None:
+            raise problem
         return report.ok
     finally:
         if workers is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -136,6 +136,29 @@ class VerifyReport:
     @property
     def differing(self) -> list[BucketResult]:
         return [b for b in self.buckets if not b.matches]
+
+    def as_document(self) -> dict[str, Any]:
+        """The report for ``verify -o json``: totals and every bucket, differing or not."""
+        return {
+            "ok": self.ok,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "types": list(self.types),
+            "bucket": self.bucket,
+            "buckets_total": len(self.buckets),
+            "buckets_differing": len(self.differing),
+            "scorecards": sum(b.source.scorecards for b in self.buckets),
+            "scores": sum(b.source.scores for b in self.buckets),
+            "buckets": [
+                {
+                    "start": b.start.isoformat(),
+                    "matches": b.matches,
+                    "postgres": asdict(b.source),
+                    "clickhouse": asdict(b.target),
+                }
+                for b in self.buckets
+            ],
+        }
 
     def describe(self) -> str:
         cards = sum(b.source.scorecards for b in self.buckets)

@@ -9,14 +9,17 @@ offset on each of those partitions has passed it (the consumer commits only afte
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reindex_common.kafka import ReliableProducer, TopicTail
 from reindex_common.messages import ReindexRequest, UtcDatetime
 from reindex_common.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # requested: a request exists, no producer started it; running; done: all published;
 # failed (``error`` says why); cancelled (``reindex jobs cancel``). SPEC §7.
@@ -78,3 +81,35 @@ def read_checkpoint(
             if record_key == key:
                 latest = value
     return None if latest is None else JobCheckpoint.model_validate_json(latest)
+
+
+def is_job_key(key: bytes | None) -> bool:
+    """Whether a jobs-topic key names a job: other records (``cancel/<job>``,
+    ``dlq-replayed/<p>/<o>``) have a ``/`` in their key, which a job id never has."""
+    return bool(key) and b"/" not in (key or b"")
+
+
+def read_checkpoints(settings: Settings, timeout_s: float = 30.0) -> dict[str, JobCheckpoint]:
+    """The latest checkpoint of every job in the jobs topic (records of other kinds skipped)."""
+    latest: dict[bytes, bytes] = {}
+    with TopicTail(settings, settings.jobs_topic, timeout_s) as tail:
+        for key, value in tail.read_new():
+            if key is not None and is_job_key(key):
+                latest[key] = value
+    found = {}
+    for key, value in latest.items():
+        try:
+            checkpoint = JobCheckpoint.model_validate_json(value)
+        except ValidationError:
+            log.warning("jobs topic: record %r is not a job checkpoint; skipped", key[:200])
+            continue
+        found[checkpoint.job_id] = checkpoint
+    return found
+
+
+def requested_checkpoint(request: ReindexRequest) -> JobCheckpoint:
+    """The state of a job that is requested and not started yet (``reindex request``)."""
+    now = datetime.now(UTC)
+    return JobCheckpoint(
+        job_id=request.job_id, request=request, state="requested", started_at=now, updated_at=now
+    )

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
+from reindex_common import datetime64
 from reindex_common.errors import BadInputError
 from reindex_common.settings import ScorecardType
 
@@ -48,6 +49,12 @@ def as_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
+
+# A scorecard message's time: with its zone, and one that DateTime64(6, 'UTC') holds exactly
+# (reindex_common/datetime64.py). The bounds are checked by pydantic's Rust core with the offset
+# applied, still without a Python callback per timestamp; a time outside them is refused, never
+# clamped, and the consumer dead-letters its scorecard with the column and the value.
+ExactTime = Annotated[AwareDatetime, Field(ge=datetime64.MIN, le=datetime64.MAX)]
 
 
 def parse_time(text: str) -> datetime:
@@ -103,8 +110,8 @@ class ScoreRecord(_Message):
     numeric_value: float | None
     not_applicable: bool
     comment: str | None
-    created_at: AwareDatetime
-    updated_at: AwareDatetime
+    created_at: ExactTime
+    updated_at: ExactTime
 
 
 class ScorecardRecord(_Message):
@@ -121,9 +128,9 @@ class ScorecardRecord(_Message):
     agent_user_id: str | None
     creator_user_id: str | None
     score: float | None
-    submitted_at: AwareDatetime | None
-    created_at: AwareDatetime
-    updated_at: AwareDatetime
+    submitted_at: ExactTime | None
+    created_at: ExactTime
+    updated_at: ExactTime
 
 
 class ScorecardMessage(_Message):
@@ -132,7 +139,7 @@ class ScorecardMessage(_Message):
     schema_version: Literal[1] = SCHEMA_VERSION
     job_id: str
     clean_up: bool
-    reindexed_at: AwareDatetime
+    reindexed_at: ExactTime
     scorecard: ScorecardRecord
     scores: tuple[ScoreRecord, ...]
 
@@ -156,8 +163,8 @@ class ScoreDict(TypedDict):
     numeric_value: float | None
     not_applicable: bool
     comment: str | None
-    created_at: AwareDatetime
-    updated_at: AwareDatetime
+    created_at: ExactTime
+    updated_at: ExactTime
 
 
 class ScorecardDict(TypedDict):
@@ -173,9 +180,9 @@ class ScorecardDict(TypedDict):
     agent_user_id: str | None
     creator_user_id: str | None
     score: float | None
-    submitted_at: AwareDatetime | None
-    created_at: AwareDatetime
-    updated_at: AwareDatetime
+    submitted_at: ExactTime | None
+    created_at: ExactTime
+    updated_at: ExactTime
 
 
 class ScorecardMessageDict(TypedDict):
@@ -183,7 +190,7 @@ class ScorecardMessageDict(TypedDict):
     schema_version: NotRequired[Literal[1]]
     job_id: str
     clean_up: bool
-    reindexed_at: AwareDatetime
+    reindexed_at: ExactTime
     scorecard: ScorecardDict
     scores: list[ScoreDict]
 

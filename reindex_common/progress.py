@@ -73,6 +73,13 @@ class ProgressView:
         if self._bar is not None:
             self._bar.stop()
 
+    def note(self, text: str | None) -> None:
+        """Show ``text`` next to the description (e.g. why publishing pauses); None clears it.
+        Without a bar nothing is shown: the caller logs such moments itself."""
+        if self._bar is not None:
+            description = self._description if text is None else f"{self._description} ({text})"
+            self._bar.update(self._task, description=description)  # type: ignore[arg-type]
+
     @property
     def rate(self) -> float:
         elapsed = time.monotonic() - self._began

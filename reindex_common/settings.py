@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     # --- Size: one limit for the producer, the topics we create and the consumers' fetches ---
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=1_000_000_000)
 
+    # --- Producer back-pressure: pause while the consumer group is more than this many messages
+    # behind on the scorecards topic; None or 0 turns it off (``--max-lag``).
+    max_lag: int | None = Field(None, ge=0)
+
     # --- Topics --------------------------------------------------------------------------------
     topic_partitions: int = Field(12, ge=1)
     topic_replication: int = Field(1, ge=1)

@@ -6,9 +6,15 @@ record names the offsets of the job's messages it wrote as runs per partition, s
 written twice (redelivered after a crash) is counted once: the written count of a job is the size
 of the union of its runs.
 
+A record also lists the job's messages of the batch that went to the DLQ (:class:`DeadLetter`:
+where, which scorecard, how many scores), so that ``status`` can tell a job written in full from one
+complete with dead letters (SPEC §7); a dead letter seen twice (redelivered) counts once, by its
+partition and offset.
+
 Completion does not depend on these counts: a job is fully written when the producer has finished
 it and, on every partition it published to, the consumer group's committed offset has passed the
-job's highest offset there — workers commit only after writing.
+job's highest offset there — workers commit only after writing and dead-lettering, and only after
+this batch's records are durable, so the counts are final by then.
 """
 
 from __future__ import annotations
@@ -27,6 +33,22 @@ from reindex_common.messages import UtcDatetime
 from reindex_common.settings import Settings
 
 
+class DeadLetter(BaseModel):
+    """One message of a job that went to the DLQ instead of a shard."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    partition: int
+    offset: int
+    scorecard: str | None  # customer_id/profile_id/scorecard_id, when it could be read
+    scores: int  # scores the message carried (0 when unreadable)
+    reason: str
+    # The run of the job the message came from (its ``reindexed_at``: the run's ``started_at``),
+    # when it could be read: a job run again with ``--restart`` is not charged with the dead
+    # letters of its earlier run.
+    reindexed_at: UtcDatetime | None = None
+
+
 class WrittenRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -38,6 +60,7 @@ class WrittenRecord(BaseModel):
     scorecards: int
     scores: int
     per_shard: dict[int, int] = Field(default_factory=dict)  # scorecards written per shard
+    dead_letters: list[DeadLetter] = Field(default_factory=list)
     written_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -64,6 +87,15 @@ class WrittenSummary(BaseModel):
     scores: int
     workers: dict[str, int]
     per_shard: dict[int, int]
+    # Distinct dead-lettered messages of the job (by partition and offset), their scores, and the
+    # first few of them (in the order they were recorded).
+    dead_lettered: int = 0
+    dead_lettered_scores: int = 0
+    first_dead_letters: list[DeadLetter] = Field(default_factory=list)
+
+
+# How many dead letters a summary keeps by name (``status`` shows a few; ``dlq list`` has them all).
+FIRST_DEAD_LETTERS = 10
 
 
 class WrittenTally:
@@ -76,6 +108,9 @@ class WrittenTally:
         self._workers: dict[str, int] = defaultdict(int)
         self._per_shard: dict[int, int] = defaultdict(int)
         self._scores = 0
+        # (partition, offset) -> (scores, run); the first few dead letters of each run
+        self._dead: dict[tuple[int, int], tuple[int, datetime | None]] = {}
+        self._first_dead: dict[datetime | None, list[DeadLetter]] = defaultdict(list)
 
     def add(self, records: Iterable[tuple[bytes | None, bytes]]) -> None:
         """Take (key, value) records of the written topic; other jobs' are skipped unparsed."""
@@ -91,8 +126,27 @@ class WrittenTally:
             for shard, count in record.per_shard.items():
                 self._per_shard[shard] += count
             self._scores += record.scores
+            for dead in record.dead_letters:
+                where = (dead.partition, dead.offset)
+                if where in self._dead:
+                    continue
+                self._dead[where] = (dead.scores, dead.reindexed_at)
+                first = self._first_dead[dead.reindexed_at]
+                if len(first) < FIRST_DEAD_LETTERS:
+                    first.append(dead)
 
-    def summary(self) -> WrittenSummary:
+    def summary(self, run: datetime | None = None) -> WrittenSummary:
+        """The job's counts; with ``run`` (the checkpoint's ``started_at``), dead letters of
+        other runs are left out (those whose run is unknown count)."""
+
+        def counts(dead_run: datetime | None) -> bool:
+            return run is None or dead_run is None or dead_run == run
+
+        dead = [scores for scores, dead_run in self._dead.values() if counts(dead_run)]
+        first = sorted(
+            (d for r, letters in self._first_dead.items() if counts(r) for d in letters),
+            key=lambda d: (d.partition, d.offset),
+        )
         for partition, runs in self._runs.items():
             self._runs[partition] = to_runs_merged(runs)  # keep the list short across polls
         return WrittenSummary(
@@ -100,7 +154,31 @@ class WrittenTally:
             scores=self._scores,
             workers=dict(self._workers),
             per_shard=dict(self._per_shard),
+            dead_lettered=len(dead),
+            dead_lettered_scores=sum(dead),
+            first_dead_letters=first[:FIRST_DEAD_LETTERS],
         )
+
+
+class JobTallies:
+    """One :class:`WrittenTally` per job, fed from the whole written topic (``reindex jobs``)."""
+
+    def __init__(self) -> None:
+        self._tallies: dict[str, WrittenTally] = {}
+
+    def add(self, records: Iterable[tuple[bytes | None, bytes]]) -> None:
+        for key, value in records:
+            if key is None:
+                continue
+            job_id = key.decode(errors="replace")
+            tally = self._tallies.get(job_id)
+            if tally is None:
+                tally = self._tallies[job_id] = WrittenTally(job_id)
+            tally.add([(key, value)])
+
+    def summary(self, job_id: str, run: datetime | None = None) -> WrittenSummary:
+        tally = self._tallies.get(job_id)
+        return (tally or WrittenTally(job_id)).summary(run)
 
 
 def to_runs_merged(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

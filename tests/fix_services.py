@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import fix_containers
 import psycopg
 import pytest
 
@@ -40,6 +41,30 @@ class Services:
     shard_urls: tuple[str, ...]
     origin: str  # "env", "testcontainers" or "embedded"
     stack_root: Path | None = None  # the embedded stack's directory, when it is that
+    containers: fix_containers.Started | None = None  # when the services run in Docker
+
+    def stop_shard(self, index: int) -> None:
+        """Stop shard ``index`` so that its connections are refused, until ``start_shard``."""
+        if self.containers is not None:
+            self.containers.stop_shard(index)
+            return
+        state = stack.StackState.load(self._stack_root())
+        assert state is not None
+        stack._stop(state.shards[index])
+
+    def start_shard(self, index: int) -> None:
+        if self.containers is not None:
+            self.containers.start_shard(index)
+            return
+        root = self._stack_root()
+        state = stack.StackState.load(root)
+        assert state is not None
+        stack.up(stack.StackConfig(root=root, shards=len(state.shards)))
+
+    def _stack_root(self) -> Path:
+        if self.stack_root is None:
+            pytest.fail(f"a shard of {self.origin} services cannot be stopped by the tests")
+        return self.stack_root
 
 
 def _docker_answers() -> bool:
@@ -74,23 +99,15 @@ def _docker_answers() -> bool:
 
 @contextlib.contextmanager
 def _testcontainers(pg_dsn: str | None) -> Iterator[Services]:
-    from testcontainers.community.clickhouse import ClickHouseContainer  # noqa: PLC0415
-    from testcontainers.community.kafka import KafkaContainer  # noqa: PLC0415
-    from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
-
-    with contextlib.ExitStack() as stack_:
-        if pg_dsn is None:
-            pg = stack_.enter_context(PostgresContainer("postgres:16", driver=None))
-            pg_dsn = pg.get_connection_url()
-        kafka = stack_.enter_context(KafkaContainer("apache/kafka:3.8.0").with_kraft())
-        shards = []
-        for _ in range(2):
-            ch = stack_.enter_context(ClickHouseContainer("clickhouse/clickhouse-server:24.8"))
-            shards.append(
-                f"http://{ch.username}:{ch.password}@{ch.get_container_host_ip()}"
-                f":{ch.get_exposed_port(8123)}"
-            )
-        yield Services(pg_dsn, kafka.get_bootstrap_server(), tuple(shards), "testcontainers")
+    """Kafka, two ClickHouse shards and (when none answers) Postgres, in Docker containers."""
+    with fix_containers.started(pg_dsn) as started:
+        yield Services(
+            started.pg_dsn,
+            started.kafka_bootstrap,
+            started.shard_urls,
+            "testcontainers",
+            containers=started,
+        )
 
 
 @contextlib.contextmanager

@@ -78,7 +78,7 @@ def test_verify_passes_then_names_the_broken_bucket(
         with shard_client(settings.shards[index], database=settings.clickhouse_database) as c:
             c.insert("scorecard_scores", [changed], column_names=list(SCORE_COLUMNS))
         code, out = _verify(settings)
-        assert code == 1
+        assert code == 3
         assert "1 of 10 day buckets differ" in out
         assert bucket in out
         assert "DIFFERS" in out
@@ -99,7 +99,7 @@ def test_verify_passes_then_names_the_broken_bucket(
                 parameters={"c": row[0], "p": row[1], "s": row[2], "k": row[3]},
             )
         code, out = _verify(settings)
-        assert code == 1
+        assert code == 3
         assert bucket in out
         _job(settings, "repair-2", day, day + timedelta(days=1))
         assert _verify(settings)[0] == 0
@@ -116,6 +116,6 @@ def test_verify_passes_then_names_the_broken_bucket(
         with shard_client(settings.shards[other], database=settings.clickhouse_database) as c:
             c.insert("scorecards", card, column_names=list(SCORECARD_COLUMNS))
         code, out = _verify(settings)
-        assert code == 1
+        assert code == 3
         line = next(x for x in out.splitlines() if x.startswith(bucket))
         assert line.split()[-1] == "1"  # the wrong-shard column

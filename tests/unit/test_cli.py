@@ -27,6 +27,8 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["seed", "--scorecards", "many"], "not a valid integer"),
         (["no-such-command"], "No such command"),
         (["devstack", "up", "--shards", "0"], "must be at least 1"),
+        (["status", "a/b"], "not a job id"),
+        (["jobs", "-o", "yaml"], "Invalid value for '-o'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args: list[str], says: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import fix_containers
 import yaml
 
 from reindex_common.schema import DIRECTOR_DDL, HISTORIC_DDL, statements
@@ -57,3 +58,53 @@ def test_postgres_init_script_is_the_source_ddl() -> None:
     assert body == [s + ";" for s in statements(DIRECTOR_DDL + HISTORIC_DDL)]
     volume = _compose()["services"]["postgres"]["volumes"][0]
     assert volume.startswith("./deploy/postgres-source.sql:/docker-entrypoint-initdb.d/")
+
+
+def test_images_and_kafka_settings_are_the_fixtures() -> None:
+    """One version of each image in the compose file, the testcontainers fixture and README."""
+    services = _compose()["services"]
+    assert services["kafka"]["image"] == fix_containers.KAFKA_IMAGE
+    assert services["postgres"]["image"] == fix_containers.POSTGRES_IMAGE
+    for name in ("clickhouse-0", "clickhouse-1"):
+        assert services[name]["image"] == fix_containers.CLICKHOUSE_IMAGE
+    # The KRaft settings that do not depend on listeners are the fixture's.
+    kafka_env = {k: str(v) for k, v in services["kafka"]["environment"].items()}
+    for key in (
+        "KAFKA_NODE_ID",
+        "KAFKA_PROCESS_ROLES",
+        "KAFKA_CONTROLLER_LISTENER_NAMES",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS",
+    ):
+        assert kafka_env[key] == fix_containers.KAFKA_ENV[key], key
+    readme = (ROOT / "README.md").read_text()
+    for image in (
+        fix_containers.KAFKA_IMAGE,
+        fix_containers.CLICKHOUSE_IMAGE,
+        fix_containers.POSTGRES_IMAGE,
+    ):
+        assert f"`{image}`" in readme, image
+
+
+def test_every_service_has_a_healthcheck_so_up_wait_returns_when_they_serve() -> None:
+    services = _compose()["services"]
+    for name, service in services.items():
+        test = service["healthcheck"]["test"]
+        assert test[0] in ("CMD", "CMD-SHELL"), name
+    assert "--bootstrap-server 127.0.0.1:9092" in services["kafka"]["healthcheck"]["test"][1]
+
+
+def test_clickhouse_default_user_is_reachable_without_a_password() -> None:
+    """The images refuse network access to a password-less `default` unless told otherwise;
+    the settings' default shard URLs carry no user, so the compose file tells them."""
+    services = _compose()["services"]
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert defaults.shards[0].username in (None, "", "default")
+    for name in ("clickhouse-0", "clickhouse-1"):
+        env = services[name]["environment"]
+        assert str(env["CLICKHOUSE_SKIP_USER_SETUP"]) == "1"
+        assert "CLICKHOUSE_PASSWORD" not in env
+        (mapping,) = services[name]["ports"]
+        assert mapping.startswith("127.0.0.1:")
