@@ -305,10 +305,13 @@ class Bench:
 
     def engine(self) -> Result:
         settings = self.fresh("engine")
-        cards, scores = self.cards, self.scores
-        began = time.monotonic()
-        run_engine_copy(settings, self.start, self.end, TYPES)
-        return Result("engine limit (chdb reads Postgres)", time.monotonic() - began, cards, scores)
+        copy = run_engine_copy(settings, self.start, self.end, TYPES)
+        if (copy.scorecards, copy.scores) != (self.cards, self.scores):
+            raise ReindexError(
+                f"the engine copied {copy.scorecards} scorecards and {copy.scores} scores; "
+                f"the selection has {self.cards} and {self.scores}"
+            )
+        return Result("engine limit (chdb reads Postgres)", copy.seconds, self.cards, self.scores)
 
 
 def _report(results: dict[str, Result], say: Callable[[str], None]) -> None:

@@ -31,7 +31,6 @@ from typing import Any
 
 import faust
 from faust.types import Message
-from faust.web import Request, Response, View
 
 from consumer.batch import ParsedBatch
 from consumer.intake import Intake, IntakeApp
@@ -106,10 +105,7 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
         topic_replication_factor=settings.topic_replication,
         datadir=tempfile.mkdtemp(prefix=f"reindex-faust-{state.worker_id}-"),
         store="memory://",
-        web_enabled=settings.metrics_port is not None,
-        web_port=settings.metrics_port or 6066,
-        web_bind=settings.metrics_bind,
-        web_in_thread=False,
+        web_enabled=False,  # metrics are served by consumer.worker, without Faust's web views
     )
     metrics = Metrics(worker=state.worker_id)
     processor = BatchProcessor(settings, state.worker_id, metrics)
@@ -181,12 +177,7 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
         if gone:
             log.info("worker %s gives up partitions %s", state.worker_id, gone)
 
-    @app.page("/metrics")
-    class MetricsView(View):
-        async def get(self, request: Request) -> Response:
-            return self.text(metrics.exposition(), content_type="text/plain; version=0.0.4")
-
-    del write_batches, on_assigned, on_revoked, MetricsView
+    del write_batches, on_assigned, on_revoked
     return app, processor
 
 

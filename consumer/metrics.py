@@ -1,85 +1,53 @@
-"""The worker's counters, and their Prometheus text exposition."""
+"""The worker's metrics, in Prometheus conventions (see :mod:`reindex_common.prometheus`).
+
+* ``reindex_scorecards_written_total{worker,shard}``, ``reindex_scores_written_total{worker,shard}``
+* ``reindex_dlq_messages_total{worker}``, ``reindex_write_retries_total{worker}``
+* ``reindex_batch_duration_seconds{worker}``: a histogram of batch times (parse and write)
+"""
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+from consumer.batch import ParsedBatch
+from reindex_common.prometheus import Registry
 
 
-@dataclass
 class Metrics:
-    """Counters since the worker started; safe to update from the writer threads."""
+    """The counters of one worker since it started; safe to update from the writer threads."""
 
-    worker: str
-    scorecards_written: int = 0
-    scores_written: int = 0
-    dlq_messages: int = 0
-    write_retries: int = 0
-    batches: int = 0
-    batch_seconds_sum: float = 0.0
-    batch_seconds_last: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self.registry = Registry()
+        self.scorecards_written = self.registry.counter(
+            "reindex_scorecards_written_total", "Scorecards written to shards", ["worker", "shard"]
+        )
+        self.scores_written = self.registry.counter(
+            "reindex_scores_written_total", "Score rows written to shards", ["worker", "shard"]
+        )
+        self.dlq_messages = self.registry.counter(
+            "reindex_dlq_messages_total", "Messages sent to the DLQ", ["worker"]
+        )
+        self.write_retries = self.registry.counter(
+            "reindex_write_retries_total", "Retried shard statements", ["worker"]
+        )
+        self.batch_seconds = self.registry.histogram(
+            "reindex_batch_duration_seconds",
+            "Time to parse and write a batch, until it may be committed",
+            ["worker"],
+        )
+        # Exposed at zero from the start, so that rate() sees the first increase.
+        self.dlq_messages.inc(0, worker)
+        self.write_retries.inc(0, worker)
 
-    def batch_done(self, scorecards: int, scores: int, rejected: int, seconds: float) -> None:
-        with self._lock:
-            self.batches += 1
-            self.scorecards_written += scorecards
-            self.scores_written += scores
-            self.dlq_messages += rejected
-            self.batch_seconds_sum += seconds
-            self.batch_seconds_last = seconds
+    def batch_done(self, batch: ParsedBatch, seconds: float) -> None:
+        for shard in batch.shards.values():
+            self.scorecards_written.inc(shard.scorecard_count, self.worker, str(shard.shard))
+            self.scores_written.inc(shard.score_count, self.worker, str(shard.shard))
+        self.dlq_messages.inc(len(batch.rejected), self.worker)
+        self.batch_seconds.observe(seconds, self.worker)
 
     def retried(self) -> None:
-        with self._lock:
-            self.write_retries += 1
+        self.write_retries.inc(1, self.worker)
 
     def exposition(self) -> str:
         """Prometheus text format (version 0.0.4)."""
-        label = f'{{worker="{self.worker}"}}'
-        rows = [
-            (
-                "reindex_scorecards_written_total",
-                "counter",
-                "Scorecards written to shards",
-                self.scorecards_written,
-            ),
-            (
-                "reindex_scores_written_total",
-                "counter",
-                "Score rows written to shards",
-                self.scores_written,
-            ),
-            (
-                "reindex_dlq_messages_total",
-                "counter",
-                "Messages sent to the DLQ",
-                self.dlq_messages,
-            ),
-            (
-                "reindex_write_retries_total",
-                "counter",
-                "Retried shard statements",
-                self.write_retries,
-            ),
-            (
-                "reindex_batch_seconds_sum",
-                "counter",
-                "Time spent writing batches",
-                self.batch_seconds_sum,
-            ),
-            ("reindex_batch_seconds_count", "counter", "Batches written", self.batches),
-            (
-                "reindex_batch_seconds_last",
-                "gauge",
-                "Duration of the last batch",
-                self.batch_seconds_last,
-            ),
-        ]
-        lines = []
-        for name, kind, help_text, value in rows:
-            lines += [
-                f"# HELP {name} {help_text}",
-                f"# TYPE {name} {kind}",
-                f"{name}{label} {value}",
-            ]
-        return "\n".join(lines) + "\n"
+        return self.registry.exposition()

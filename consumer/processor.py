@@ -116,9 +116,7 @@ class BatchProcessor:
         self.producer.flush()  # DLQ envelopes and written records are durable before the ack
 
         seconds = parse_seconds + time.monotonic() - began
-        self.metrics.batch_done(
-            parsed.scorecard_count, parsed.score_count, len(parsed.rejected), seconds
-        )
+        self.metrics.batch_done(parsed, seconds)
         return BatchReport(
             self.batch_number,
             messages,

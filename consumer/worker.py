@@ -9,6 +9,7 @@ import socket
 from consumer.app import ConsumerWorker, WorkerState, create_app
 from reindex_common.errors import ReindexError
 from reindex_common.kafka import ensure_topics, reindexer_topics
+from reindex_common.prometheus import MetricsServer
 from reindex_common.settings import Settings
 
 log = logging.getLogger("reindex.consumer")
@@ -32,6 +33,14 @@ def run_worker(settings: Settings, worker_id: str, loglevel: str = "info") -> No
         settings.consumer_session_timeout,
     )
     worker = ConsumerWorker(app, state, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    metrics_server = None
+    if settings.metrics_port is not None:  # our own server: only /metrics, no Faust views
+        render = processor.metrics.exposition
+        try:
+            metrics_server = MetricsServer(settings.metrics_bind, settings.metrics_port, render)
+        except ReindexError:
+            processor.close()
+            raise
     try:
         worker.execute_from_commandline()
     except SystemExit:
@@ -39,6 +48,8 @@ def run_worker(settings: Settings, worker_id: str, loglevel: str = "info") -> No
     except Exception as e:  # mode re-raises whatever crashed the app (a Kafka client error)
         raise ReindexError(f"worker {worker_id} crashed: {type(e).__name__}: {e}") from e
     finally:
+        if metrics_server is not None:
+            metrics_server.stop()
         processor.close()
     if state.fatal is not None:
         raise state.fatal

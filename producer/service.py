@@ -38,7 +38,9 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from producer.job import JobCancelled, JobInterrupted, JobOptions, run_job
 from producer.job_end import record_job_end
+from producer.metrics import ServeMetrics
 from reindex_common.errors import BadInputError, KafkaError, ReindexError
+from reindex_common.jobs import JobCheckpoint
 from reindex_common.kafka import (
     ReliableProducer,
     consumer_size_config,
@@ -46,6 +48,7 @@ from reindex_common.kafka import (
     reindexer_topics,
 )
 from reindex_common.messages import ReindexRequest, dlq_message, dump, parse_request
+from reindex_common.prometheus import MetricsServer
 from reindex_common.settings import Settings
 from reindex_common.size_limit import bound_envelope
 
@@ -91,6 +94,7 @@ class RequestService:
         self.settings = settings
         self.options = options
         self._stopping = threading.Event()
+        self.metrics = ServeMetrics()
 
     def stop(self) -> None:
         """Stop at the next page boundary (safe from a signal handler or another thread)."""
@@ -186,15 +190,16 @@ class RequestService:
         options = JobOptions(
             max_rate=self.options.max_rate,
             show_progress=False,
-            on_page=lambda _cp: self._between_pages(consumer),
+            on_page=lambda cp: self._on_page(consumer, cp),
             record_failure=False,  # recorded below, once retrying is over
         )
         delay = self.options.backoff_s
         attempt = 0
+        self.metrics.job_started()
         while not self.stopping:
             attempt += 1
             try:
-                run_job(self.settings, request, options)  # it logs the job's end
+                final = run_job(self.settings, request, options)  # it logs the job's end
             except JobCancelled as e:  # recorded by the job; the queue moves on
                 log.warning("%s; going on with the next request", e)
                 return True
@@ -217,6 +222,7 @@ class RequestService:
                 self._wait(consumer, delay)
                 delay = min(delay * 2, self.options.max_backoff_s)
                 continue
+            self.metrics.job_completed(final)
             return True
         return False
 
@@ -230,6 +236,7 @@ class RequestService:
     ) -> bool:
         """Record the job failed, dead-letter its request; True once both are durable."""
         log.error("job %s failed %d times, giving up: %s", request.job_id, attempts, reason)
+        self.metrics.job_failed()
         delay = self.options.backoff_s
         while not self.stopping:
             try:
@@ -270,6 +277,7 @@ class RequestService:
                 producer = ReliableProducer(self.settings, client_id="reindex-serve-dlq")
                 producer.send(self.settings.dlq_topic, dump(envelope), key=key)
                 producer.flush(30)
+                self.metrics.request_rejected()
                 return True
             except ReindexError as e:
                 log.error("cannot write to the DLQ, retrying in %.0f s: %s", delay, e)
@@ -308,6 +316,10 @@ class RequestService:
             consumer.seek(TopicPartition(topic, partition, offset))
         consumer.pause(consumer.assignment())
 
+    def _on_page(self, consumer: Consumer, checkpoint: JobCheckpoint) -> None:
+        self.metrics.checkpoint(checkpoint)
+        self._between_pages(consumer)
+
     def _between_pages(self, consumer: Consumer) -> None:
         if self.stopping:
             raise JobInterrupted("the service is stopping")
@@ -322,6 +334,10 @@ class RequestService:
 def serve_forever(settings: Settings, options: ServeOptions = ServeOptions()) -> None:
     """Run the service in the main thread; SIGTERM and SIGINT stop it at a page boundary."""
     service = RequestService(settings, options)
+    metrics_server = None
+    if settings.metrics_port is not None:  # GET /metrics, from a daemon thread
+        render = service.metrics.exposition
+        metrics_server = MetricsServer(settings.metrics_bind, settings.metrics_port, render)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         service.stop()
@@ -334,3 +350,5 @@ def serve_forever(settings: Settings, options: ServeOptions = ServeOptions()) ->
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if metrics_server is not None:
+            metrics_server.stop()

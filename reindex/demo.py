@@ -37,7 +37,7 @@ from reindex_common.clickhouse import init_target_schema, shard_client
 from reindex_common.devstack import stack
 from reindex_common.errors import BadInputError, ReindexError
 from reindex_common.jobs import JobCheckpoint
-from reindex_common.masking import mask_dsn, mask_url
+from reindex_common.masking import mask_dsn
 from reindex_common.messages import ReindexRequest
 from reindex_common.pg import CREATED_MARK, connect, init_source_schema
 from reindex_common.seed import SeedPlan, seed
@@ -338,14 +338,13 @@ def run_demo(options: DemoOptions, base: Settings, say: Callable[[str], None]) -
             f"{scores / job_seconds:,.0f} score rows/s"
         )
         for i, (c, s) in enumerate(_rows_per_shard(settings)):
-            url = mask_url(state.shard_urls[i])
-            say(f"  shard {i}        {c:,} scorecards, {s:,} scores ({url})")
+            say(f"  shard {i}        {c:,} scorecards, {s:,} scores ({state.shard_addresses[i]})")
         say(f"  verification   {'passed' if report.ok else 'FAILED'}")
         say(f"  total time     {time.monotonic() - began:.1f} s")
         if options.keep:
             say(
                 f'look at the data: eval "$(reindex devstack env)"; then e.g. '
-                f"curl '{mask_url(state.shard_urls[0])}/?database={DEMO_DATABASE}' "
+                f'curl "${{REINDEX_CLICKHOUSE_SHARDS%%,*}}/?database={DEMO_DATABASE}" '
                 "--data 'SELECT count() FROM scorecards FINAL'"
             )
         problem = final.problem()  # complete with dead letters: not clean (exit 3)

