@@ -45,7 +45,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from producer.job import JobOptions, run_job
 from reindex.status import wait_for_job
 from reindex.verify import Bucket, BucketResult, Key, StrayScores, stray_scores, verify
-from reindex_common.clickhouse import shard_client, wrap_error
+from reindex_common.clickhouse import shard_client, time_param, wrap_error
 from reindex_common.errors import GaveUpWaitingError, SourceUnavailableError
 from reindex_common.messages import ReindexRequest
 from reindex_common.pg import connect, first_line
@@ -282,7 +282,7 @@ def _delete_extra(
     """Step 2a-b: delete what no job can overwrite (see the module docstring)."""
     count = len(settings.shards)
     held: dict[int, list[Key]] = {}
-    params = {"start": mend.start, "end": mend.end, "types": list(types)}
+    params = {"start": time_param(mend.start), "end": time_param(mend.end), "types": list(types)}
     for shard in settings.shards:
         try:
             with shard_client(shard, database=settings.clickhouse_database) as client:
@@ -353,8 +353,8 @@ def _delete(
                 params: dict[str, Any] = {
                     "keys": unique[at : at + KEYS_PER_STATEMENT],
                     "types": list(types),
-                    "start": _ch_time(mend.start),
-                    "end": _ch_time(mend.end),
+                    "start": time_param(mend.start),
+                    "end": time_param(mend.end),
                 }
                 client.command(statement, parameters=params, settings=_BIG_QUERY)
     except ClickHouseError as e:
@@ -366,7 +366,3 @@ def _delete(
         mend.start,
         mend.end,
     )
-
-
-def _ch_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")

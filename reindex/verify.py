@@ -23,9 +23,9 @@ from typing import Any, Literal
 import psycopg
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from reindex_common.clickhouse import shard_client, wrap_error
+from reindex_common.clickhouse import shard_client, time_param, wrap_error
 from reindex_common.errors import SourceUnavailableError
-from reindex_common.pg import connect, first_line
+from reindex_common.pg import connect, first_line, keep_unloadable_timestamps
 from reindex_common.routing import shard_for
 from reindex_common.selection import CREATED_AT, SCORECARD_FIELDS, SELECTION
 from reindex_common.settings import Settings
@@ -235,6 +235,9 @@ def _source(
         ):
             director.execute("SET TimeZone = 'UTC'")
             historic.execute("SET TimeZone = 'UTC'")
+            # infinity or year 12000 in Postgres: a value no shard holds, hence a difference
+            keep_unloadable_timestamps(director)
+            keep_unloadable_timestamps(historic)
             # One pass over the selection, streamed; the scores of each chunk in one query.
             with director.cursor(name="verify_cards") as cur:
                 cur.execute(_PG_CARDS, params)
@@ -273,7 +276,7 @@ def _target(
     settings: Settings, start: datetime, end: datetime, types: Sequence[str], bucket: Bucket
 ) -> dict[datetime, Tally]:
     tallies: dict[datetime, Tally] = defaultdict(Tally)
-    params = {"start": start, "end": end, "types": list(types)}
+    params = {"start": time_param(start), "end": time_param(end), "types": list(types)}
     count = len(settings.shards)
     for shard in settings.shards:
         try:
@@ -318,7 +321,12 @@ def stray_scores(
     Stray score rows of scorecards found in neither are not in the range: they are left out."""
     count = len(settings.shards)
     found: list[tuple[int, Key, int]] = []
-    params = {"start": start, "end": end, "types": list(types), "shards": count}
+    params = {
+        "start": time_param(start),
+        "end": time_param(end),
+        "types": list(types),
+        "shards": count,
+    }
     for shard in settings.shards:
         try:
             with shard_client(shard, database=settings.clickhouse_database) as client:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import clickhouse_connect
@@ -41,6 +42,13 @@ RETRYABLE_CODES = frozenset(
 )
 
 _CODE = re.compile(r"Code: (\d+)\.")
+
+
+def time_param(moment: datetime) -> str:
+    """A ``DateTime64(6, 'UTC')`` query parameter: UTC, the year always in four digits
+    (``strftime('%Y')`` and clickhouse-connect write year 1 as ``1``, which the server refuses)."""
+    utc = moment.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(sep=" ", timespec="microseconds")
 
 
 def error_code(error: BaseException) -> int | None:
