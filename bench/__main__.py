@@ -141,10 +141,10 @@ class Bench:
         logs: Path,
         start: datetime,
         end: datetime,
-        services: cpu.ServiceMeter,
+        services: cpu.ServiceMeter | None = None,
     ) -> None:
         self.base = base
-        self.services = services
+        self.services = services or cpu.ServiceMeter.none()
         self.logs = logs
         self.start, self.end = start, end
         self.counter = 0

@@ -78,7 +78,14 @@ class ServiceMeter:
     shards: list[int]
     postmaster: int | None
 
+    @classmethod
+    def none(cls) -> ServiceMeter:
+        """A meter of no service (the runs then report their own processes only)."""
+        return cls(broker=0, shards=[], postmaster=None)
+
     def snapshot(self) -> dict[str, float]:
+        if not self.broker:
+            return {}
         cpu = {"broker": process_cpu_s(self.broker)}
         cpu["shards"] = sum(process_cpu_s(pid) for pid in self.shards)
         if self.postmaster is not None:
