@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from consumer.batch import KafkaRecord, ParsedBatch, build
 from consumer.metrics import Metrics
+from consumer.ownership import Fence, no_fence
 from consumer.writer import ShardWriter
 from reindex_common.kafka import ReliableProducer
 from reindex_common.messages import dlq_message, dump
@@ -74,8 +75,17 @@ class BatchProcessor:
         """Stage 1: validate and route (CPU only; may run while the previous batch writes)."""
         return build(raws, len(self.settings.shards))
 
-    def write(self, messages: int, parsed: ParsedBatch, parse_seconds: float) -> BatchReport:
-        """Stage 2: DLQ, shard writes, written records; returns once all of it is durable."""
+    def write(
+        self,
+        messages: int,
+        parsed: ParsedBatch,
+        parse_seconds: float,
+        fence: Fence = no_fence,
+    ) -> BatchReport:
+        """Stage 2: DLQ, shard writes, written records; returns once all of it is durable.
+
+        ``fence`` runs before every DLQ send, shard statement and written record, and raises
+        :class:`~consumer.ownership.NotOwnerError` once the worker no longer owns the batch."""
         began = time.monotonic()
         self.batch_number += 1
         deadline = began + self.settings.write_retry_deadline
@@ -94,16 +104,18 @@ class BatchProcessor:
                 key=raw.key,
                 value=raw.value,
             )
+            fence()
             self.producer.send(self.settings.dlq_topic, dump(envelope), key=raw.key)
 
         futures = [
-            self.pool.submit(self.writer.write, self.batch_number, shard_batch, deadline)
+            self.pool.submit(self.writer.write, self.batch_number, shard_batch, deadline, fence)
             for shard_batch in parsed.shards.values()
         ]
         for future in futures:
             future.result()  # re-raises the first shard's failure
         written_at = time.monotonic()
 
+        fence()
         for job_id, offsets in parsed.job_offsets.items():
             scorecards, scores = parsed.job_counts.get(job_id, (0, 0))
             record = WrittenRecord(
