@@ -178,7 +178,7 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
                     app.fence(batch.epoch),
                 )
             except NotOwnerError as e:
-                app.abandon(batch)
+                await app.give_up(batch)
                 log.warning(
                     "abandoned a batch of %d messages, not acked: %s", len(batch.messages), e
                 )
@@ -192,7 +192,7 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
                         ack(message)
                     log.info("%s", report.line())
                 else:  # written, but a rebalance began since: the next owner writes it again
-                    app.abandon(batch)
+                    await app.give_up(batch)
                     log.warning("%s; not acked: a rebalance began", report.line())
             state.pending -= 1
             if state.draining and state.pending == 0:

@@ -283,6 +283,17 @@ class IntakeConsumer(aiokafka_driver.Consumer):
                 if tp not in stale:
                     self._hole_seeks[tp] = (offset, self._fetch_seq)
 
+    async def reread(self) -> None:
+        """Start a new epoch and fetch every partition again from its committed position (after
+        a batch was abandoned while its epoch went on: the commit cannot pass it otherwise)."""
+        self._intake.clear()
+        if not self.flow_active or self.should_stop:
+            return  # a rebalance in progress seeks every partition to its committed offset
+        for tp in self.assignment():
+            position = self._positions.get(tp)
+            if tp.topic == self._intake.topic and position is not None:
+                await self.seek(tp, position)
+
     async def _drain_messages(self, fetcher: Any) -> None:
         intake = self._intake
         intake.tracked = self._unacked_messages
@@ -393,6 +404,13 @@ class IntakeApp(faust.App):
     def abandon(self, batch: TakenBatch) -> None:
         """Never ack ``batch``: untrack it (the next owner reads it again)."""
         self.intake.untrack(batch.messages)
+
+    async def give_up(self, batch: TakenBatch) -> None:
+        """Abandon ``batch``, and if its epoch is still current (the lease ran out, no rebalance
+        came yet), start a new one that reads its partitions again: nothing waits forever."""
+        self.abandon(batch)
+        if batch.epoch == self.intake.epoch:
+            await self.consumer.reread()  # type: ignore[attr-defined]
 
     async def on_first_start(self) -> None:
         # Cleared with Faust's stream buffers on every rebalance (duck-typed: clear()).
