@@ -64,8 +64,8 @@ def test_a_clean_up_job_through_a_dozen_membership_changes_leaves_every_row_exac
     pipeline_settings: Settings, tmp_path: Path
 ) -> None:
     began = time.monotonic()
-    # The group's rebalance timeout is the retry deadline + 60 s, and Tansu waits that long for
-    # a member that died in the middle of a rebalance: a short deadline keeps such stalls short.
+    # The group's rebalance timeout is the retry deadline + 60 s: a short deadline bounds how long
+    # a rebalance may wait for a member that does not rejoin.
     settings = pipeline_settings.replace(consumer_batch_size=25, write_retry_deadline=10.0)
     dsn = settings.director_dsn
     seed(dsn, dsn, SeedPlan(2000, seed=13, start=START, days=30))
