@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from consumer.batch import KafkaRecord, ParsedBatch, build
@@ -111,6 +111,7 @@ class BatchProcessor:
             self.pool.submit(self.writer.write, self.batch_number, shard_batch, deadline, fence)
             for shard_batch in parsed.shards.values()
         ]
+        wait(futures)  # every shard's statements are over before this batch may be given up
         for future in futures:
             future.result()  # re-raises the first shard's failure
         written_at = time.monotonic()
