@@ -9,9 +9,13 @@ through a Faust stream), and nothing acks them but the loop. The commit order, f
 3. in another thread, one batch at a time and in the order taken: send invalid messages to the
    DLQ, and per shard run DELETE (clean-up), INSERT scorecards, INSERT scores, each retried until
    it succeeds or the retry deadline passes; then publish what was written per job and flush the
-   DLQ and those records;
-4. only then ack the batch's messages; Faust commits acked offsets every
-   ``consumer_commit_interval`` seconds, on rebalance, and on shutdown.
+   DLQ and those records. Before each of these statements and sends, the batch's fence checks
+   that this worker still owns the batch's partitions (``consumer/ownership.py``); if not, the
+   batch is abandoned: nothing more is written, it is never acked, and its messages are read
+   again by the partitions' owner;
+4. only then, and only if no rebalance began since the batch was taken, ack the batch's
+   messages; Faust commits every ``consumer_commit_interval`` seconds, on rebalance, and on
+   shutdown, but only offsets up to the first message not yet written (``consumer/intake.py``).
 
 If step 3 fails for good, nothing more is acked and the worker stops with an error: the batch's
 offsets are never committed and the group redelivers it. (Faust's ``stream.take`` would be wrong
@@ -30,11 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types import Message
 
 from consumer.batch import ParsedBatch
-from consumer.intake import Intake, IntakeApp
+from consumer.intake import Intake, IntakeApp, TakenBatch
 from consumer.metrics import Metrics
+from consumer.ownership import HeartbeatLease, NotOwnerError
 from consumer.processor import BatchProcessor
 from reindex_common.errors import ReindexError
 from reindex_common.settings import Settings
@@ -46,7 +50,7 @@ log = logging.getLogger("reindex.consumer")
 class _Parsed:
     """A batch between the two stages: its Kafka messages (to ack) and their parsed form."""
 
-    messages: list[Message]
+    batch: TakenBatch
     parsed: ParsedBatch
     parse_seconds: float
 
@@ -60,6 +64,17 @@ class WorkerState:
     draining: bool = False
     fatal: ReindexError | None = None
     worker: faust.Worker | None = None
+
+
+# What a rebalance must also wait for beyond the write retry deadline: the statement in flight
+# when the deadline passes (its HTTP timeout, reindex_common/clickhouse.py: 10 s to connect,
+# 30 s to answer), the DLQ and written-record flushes, and a few heartbeats.
+REBALANCE_MARGIN_S = 60.0
+
+
+def rebalance_timeout(settings: Settings) -> float:
+    """How long the group waits for a member to rejoin: ``write_retry_deadline`` + margin."""
+    return settings.write_retry_deadline + REBALANCE_MARGIN_S
 
 
 def _broker_credentials(settings: Settings) -> Any:
@@ -90,9 +105,18 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
     app = IntakeApp(
         settings.group_id,
         intake=intake,
+        lease=HeartbeatLease(
+            settings.consumer_session_timeout, settings.consumer_heartbeat_interval
+        ),
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         broker_credentials=_broker_credentials(settings),
         broker_session_timeout=settings.consumer_session_timeout,
+        # A member that is revoking waits for its batch in flight; the group waits for it this
+        # long before dropping it. Longer than a batch may retry a shard, with a margin for the
+        # statement in flight (its HTTP timeout): a worker within its deadline is never dropped.
+        broker_rebalance_timeout=rebalance_timeout(settings),
+        # JoinGroup waits at the broker for the slowest member: as long as the rebalance may.
+        broker_request_timeout=rebalance_timeout(settings) + 5,
         broker_heartbeat_interval=settings.consumer_heartbeat_interval,
         broker_commit_interval=settings.consumer_commit_interval,
         consumer_auto_offset_reset="earliest",
@@ -121,36 +145,53 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
         writer = asyncio.ensure_future(write_in_order(parsed_batches))
         try:
             while True:
-                messages = await app.take_batch(size, wait)
+                batch = await app.take_batch(size, wait)
                 if state.draining or state.fatal is not None:
-                    continue  # never acked: the group delivers these again
+                    app.abandon(batch)  # never acked: the group delivers these again
+                    continue
                 state.pending += 1
                 began = time.monotonic()
                 try:
-                    parsed = await asyncio.to_thread(processor.parse, messages)
+                    parsed = await asyncio.to_thread(processor.parse, batch.messages)
                 except Exception as e:  # a bug, not a bad message (those go to the DLQ)
                     _fail(state, e)
                     continue
-                await parsed_batches.put(_Parsed(messages, parsed, time.monotonic() - began))
+                await parsed_batches.put(_Parsed(batch, parsed, time.monotonic() - began))
         finally:
             writer.cancel()
 
     async def write_in_order(parsed_batches: asyncio.Queue[_Parsed]) -> None:
-        """Stage 2: one batch at a time, in order; ack a batch only after it is written."""
+        """Stage 2: one batch at a time, in order; ack a batch only after it is written, and
+        only while its epoch is current (see ``consumer/ownership.py``)."""
         while True:
             item = await parsed_batches.get()
+            batch = item.batch
             try:
                 report = await asyncio.to_thread(
-                    processor.write, len(item.messages), item.parsed, item.parse_seconds
+                    processor.write,
+                    len(batch.messages),
+                    item.parsed,
+                    item.parse_seconds,
+                    app.fence(batch.epoch),
+                )
+            except NotOwnerError as e:
+                await app.give_up(batch)
+                log.warning(
+                    "abandoned a batch of %d messages, not acked: %s", len(batch.messages), e
                 )
             except Exception as e:
                 _fail(state, e)
                 return  # nothing more is acked
-            ack = app.consumer.ack
-            for message in item.messages:
-                ack(message)
+            else:
+                if app.owns(batch.epoch):
+                    ack = app.consumer.ack
+                    for message in batch.messages:
+                        ack(message)
+                    log.info("%s", report.line())
+                else:  # written, but a rebalance began since: the next owner writes it again
+                    await app.give_up(batch)
+                    log.warning("%s; not acked: a rebalance began", report.line())
             state.pending -= 1
-            log.info("%s", report.line())
             if state.draining and state.pending == 0:
                 await app.consumer.commit()
                 log.info("batch committed; leaving the group")
@@ -162,6 +203,7 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
     @app.on_partitions_assigned.connect
     def on_assigned(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
         assigned: set[Any] = args[0]
+        app.lease.renew()  # the group has just answered this member
         mine = sorted(tp.partition for tp in assigned if tp.topic == settings.scorecards_topic)
         log.info(
             "worker %s assigned partitions %s of %s",

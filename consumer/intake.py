@@ -9,31 +9,66 @@ validating and writing the messages. A worker only ever wants the messages in ba
 :class:`Intake`, a bounded buffer the batch loop takes whole batches from, and leaves every other
 topic to Faust's own path.
 
-Everything else stays Faust's: the group membership and rebalances, fetching (``getmany``, with
-its flow control and generation checks), the read offsets and gaps, message tracking, and
-committing acked offsets. The intake is managed by the app's flow control like Faust's own stream
-buffers: on a rebalance (and on resume) it is cleared, so messages no batch took yet are fetched
-again from the committed offsets by whoever owns their partition.
+Faust keeps the group membership and rebalances, fetching (``getmany``) and committing. What
+this module adds, so that no message is written or acked under an assignment other than the one
+it was fetched under, and no offset is committed past a message that was not written:
+
+1. **Epochs.** The intake's epoch changes whenever it is cleared: when Faust starts revoking
+   partitions, and when it resumes after the new assignment (the app's flow control clears it
+   like Faust's stream buffers). Every fetch is tagged with the epoch current when it began;
+   a message of an older epoch is dropped before it reaches the intake — however long the fetch
+   loop was suspended in between — and its partition is sought back, so nothing is skipped.
+   Batches carry their epoch; :meth:`IntakeApp.owns` says whether it is still current.
+2. **Contiguity.** Within an epoch, a partition's messages enter the intake in offset order
+   from the committed position, one after the other: an offset already seen is dropped, and a
+   gap makes the fetch loop seek back to the first missing offset (a gap the broker confirms by
+   returning the same later offset straight after that seek is a hole in the log, and skipped).
+3. **Strict commits.** A partition's commit offset moves only across offsets that were written
+   and acked in one contiguous run from the committed position. Faust's own rule (acked
+   offsets up to the first gap, ignoring a gap of one at the committed offset and any gap when
+   the committed offset is 0, plus the "gaps" its fetch loop records) is not used for this topic.
+4. **Tracking.** Messages in the intake are tracked as Faust tracks in-flight events (a revoke
+   waits until every tracked message is acked); clearing the intake, and abandoning a batch,
+   untrack them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Iterable, MutableSet
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.types import Message, TransportT
+from faust.types import TP, Message, TransportT
+
+from consumer.hooks import hooks
+from consumer.ownership import Fence, HeartbeatLease, NotOwnerError
+
+log = logging.getLogger("reindex.consumer")
+
+
+@dataclass(frozen=True)
+class TakenBatch:
+    """Messages taken from the intake together, all fetched under ``epoch``."""
+
+    epoch: int
+    messages: list[Message]
 
 
 class Intake:
-    """A bounded buffer of one topic's messages, taken a batch at a time (one event loop)."""
+    """A bounded buffer of one topic's messages of one epoch, taken a batch at a time."""
 
     def __init__(self, topic: str, capacity: int) -> None:
         self.topic = topic
         self.capacity = capacity
+        self.epoch = 0
+        self.tracked: MutableSet[Message] = set()  # the consumer binds Faust's unacked set
         self._messages: list[Message] = []
+        self._next: dict[TP, int] = {}  # per partition, the offset that may enter next
         self._want = capacity  # the size the current take() waits for
         self._nonempty = asyncio.Event()
         self._enough = asyncio.Event()
@@ -49,8 +84,17 @@ class Intake:
     async def wait_for_space(self) -> None:
         await self._space.wait()
 
-    def put(self, message: Message) -> None:
+    def next_offset(self, tp: TP) -> int | None:
+        """The offset of ``tp`` that may enter next in this epoch (None: none entered yet)."""
+        return self._next.get(tp)
+
+    def put(self, message: Message, epoch: int) -> bool:
+        """Add ``message``, fetched under ``epoch``; False (and dropped) if that epoch is over."""
+        if epoch != self.epoch:
+            return False
         self._messages.append(message)
+        self.tracked.add(message)
+        self._next[message.tp] = message.offset + 1
         count = len(self._messages)
         if count == 1:
             self._nonempty.set()
@@ -58,8 +102,9 @@ class Intake:
             self._enough.set()
         if count >= self.capacity:
             self._space.clear()
+        return True
 
-    async def take(self, max_: int, within: float) -> list[Message]:
+    async def take(self, max_: int, within: float) -> TakenBatch:
         """Up to ``max_`` messages: once that many wait, or ``within`` seconds after the first.
 
         Never an empty batch, even when a rebalance cleared the intake during the wait.
@@ -80,12 +125,22 @@ class Intake:
         batch = self._messages[:max_]
         del self._messages[:max_]
         self._after_removal()
-        return batch
+        return TakenBatch(self.epoch, batch)
 
     def clear(self) -> None:
-        """Drop what no batch took (called by Faust's flow control on rebalance and resume)."""
+        """End the epoch: drop and untrack what no batch took (Faust's flow control calls this
+        on every revoke and resume); batches of the old epoch no longer own their partitions."""
+        self.epoch += 1
+        self.untrack(self._messages)
         self._messages.clear()
+        self._next.clear()
         self._after_removal()
+
+    def untrack(self, messages: Iterable[Message]) -> None:
+        """Stop tracking messages that will never be acked (dropped or abandoned)."""
+        discard = self.tracked.discard
+        for message in messages:
+            discard(message)
 
     def _after_removal(self) -> None:
         if not self._messages:
@@ -94,49 +149,206 @@ class Intake:
             self._space.set()
 
 
+def written_up_to(position: int, acked: set[int], holes: dict[int, int]) -> int:
+    """The commit offset: ``position`` moved across acked offsets (and confirmed holes, which
+    are consumed) while they follow each other; never past an offset that was not acked."""
+    new = position
+    while True:
+        if new in acked:
+            new += 1
+        elif new in holes:
+            new = holes.pop(new)
+        else:
+            return new
+
+
+class _LeasedConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """Faust's consumer thread, renewing the app's lease on every answered heartbeat."""
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        lease: HeartbeatLease = self.app.lease  # type: ignore[attr-defined]
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        beat = getattr(coordinator, "_do_heartbeat", None)
+        if coordinator is None or beat is None:
+            log.warning("cannot watch heartbeats: fencing by heartbeat lease is off")
+            lease.length = float("inf")
+            lease.renew()
+            return
+
+        async def heartbeat() -> bool:
+            sent = time.monotonic()
+            ok = bool(await beat())
+            if ok:
+                lease.renew(sent)
+            return ok
+
+        coordinator._do_heartbeat = heartbeat
+
+
 class IntakeConsumer(aiokafka_driver.Consumer):
     """Faust's aiokafka consumer, delivering the intake's topic to the intake directly."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fetch_epoch = -1  # the intake's epoch when the current fetch began
+        self._fetch_seq = 0  # fetches so far, to tell results fetched after a seek
+        self._positions: dict[TP, int] = {}  # committed position: all before it is written
+        self._holes: dict[TP, dict[int, int]] = {}  # confirmed holes in the log: start -> end
+        self._hole_seeks: dict[TP, tuple[int, int]] = {}  # tp -> (offset sought, fetch seq)
+
+    def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
+        return _LeasedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    @property
+    def _intake(self) -> Intake:
+        return self.app.intake  # type: ignore[attr-defined, no-any-return]
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        self._fetch_epoch = self._intake.epoch
+        self._fetch_seq += 1
+        return await super()._getmany(active_partitions, timeout)
+
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets; remember them as where each partition's run starts."""
+        await super().perform_seek()
+        positions, holes = self._positions, self._holes
+        topic = self._intake.topic
+        tps = [tp for tp in self.assignment() if tp.topic == topic]
+        found = {tp: self._read_offset.get(tp) for tp in tps}
+        unknown = [tp for tp, offset in found.items() if offset is None]
+        if unknown:  # nothing committed yet: the fetch starts at the log's first offset
+            found.update(await self.earliest_offsets(*unknown))
+        positions.clear()
+        holes.clear()
+        self._hole_seeks.clear()
+        positions.update({tp: int(offset) for tp, offset in found.items() if offset is not None})
+
+    def _new_offset(self, tp: TP) -> int | None:
+        if tp.topic != self._intake.topic:
+            return super()._new_offset(tp)
+        positions, holes = self._positions, self._holes
+        acked = self._acked[tp]
+        position = positions.get(tp)
+        if position is None or not acked:
+            return None
+        index = self._acked_index[tp]
+        new = written_up_to(position, index, holes.get(tp, {}))
+        done = [o for o in acked if o < new]
+        if done:
+            acked[:] = [o for o in acked if o >= new]
+            index.difference_update(done)
+        if new == position:
+            return None
+        positions[tp] = new
+        return new
+
+    def _admit(self, tp: TP, offset: int, seek_back: dict[TP, int]) -> bool:
+        """Whether the message at ``offset`` is the next one of ``tp`` in this epoch."""
+        positions, holes = self._positions, self._holes
+        expected = self._intake.next_offset(tp)
+        if expected is None:
+            expected = positions.get(tp)
+        if expected is None or offset == expected:
+            return True
+        if offset < expected:
+            return False  # read again after a seek back
+        confirmed = self._hole_seeks.get(tp)
+        if confirmed is not None and confirmed[0] == expected and confirmed[1] < self._fetch_seq:
+            log.warning(
+                "%s[%d]: offsets %d to %d are not in the log (deleted by retention?): skipped",
+                tp.topic,
+                tp.partition,
+                expected,
+                offset - 1,
+            )
+            holes.setdefault(tp, {})[expected] = offset
+            del self._hole_seeks[tp]
+            return True
+        seek_back.setdefault(tp, expected)
+        return False
+
+    async def _seek_back(self, seek_back: dict[TP, int], stale: set[TP]) -> None:
+        """Fetch again from the first offset not in the intake: nothing fetched is skipped."""
+        if not (seek_back or stale) or not self.flow_active or self.should_stop:
+            return  # a rebalance in progress seeks every partition to its committed offset
+        positions = self._positions
+        assigned = self.assignment()
+        for tp in stale - seek_back.keys():
+            offset = self._intake.next_offset(tp)
+            seek_back[tp] = positions.get(tp, 0) if offset is None else offset
+        for tp, offset in seek_back.items():
+            if tp in assigned:
+                await self.seek(tp, offset)
+                if tp not in stale:
+                    self._hole_seeks[tp] = (offset, self._fetch_seq)
+
+    async def reread(self) -> None:
+        """Start a new epoch and fetch every partition again from its committed position (after
+        a batch was abandoned while its epoch went on: the commit cannot pass it otherwise)."""
+        self._intake.clear()
+        if not self.flow_active or self.should_stop:
+            return  # a rebalance in progress seeks every partition to its committed offset
+        for tp in self.assignment():
+            position = self._positions.get(tp)
+            if tp.topic == self._intake.topic and position is not None:
+                await self.seek(tp, position)
+
     async def _drain_messages(self, fetcher: Any) -> None:
-        intake: Intake = self.app.intake  # type: ignore[attr-defined]
+        intake = self._intake
+        intake.tracked = self._unacked_messages
         deliver = self.callback  # Faust's conductor, for every other topic
         consumer_stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
         read_offset = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
-        # Tracked as Faust tracks them (a rebalance waits for tracked messages to be acked), but
-        # without track_message's per-message sensor calls: this worker serves its own metrics.
-        unacked = self._unacked_messages
+        rebalancing = lambda: bool(self.app.rebalancing)  # noqa: E731
         since_yield = 0
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 await self.sleep(0)  # getmany can return at once; let the loop run
                 if self.should_stop:
                     break
+                stale: set[TP] = set()
+                seek_back: dict[TP, int] = {}
+                dropped = 0
                 async for tp, message in self.getmany(timeout=1.0):
                     since_yield += 1
                     if since_yield >= 100:
                         await asyncio.sleep(0)
                         since_yield = 0
                     offset = message.offset
-                    last = read_offset[tp]
-                    if last is not None and offset < last:
-                        continue  # read before a seek back; Faust drops these too
-                    if last and offset - last > 1 and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, last + 1, offset)
+                    if message.topic != intake.topic:
+                        last = read_offset[tp]
+                        if last is not None and offset < last:
+                            continue  # read before a seek back; Faust drops these too
+                        if last and offset - last > 1 and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, last + 1, offset)
+                        await self.wait_first(deliver(message), self.suspend_flow.wait())
+                        read_offset[tp] = offset
+                        continue
+                    if hooks.drain_active:
+                        await hooks.in_drain(rebalancing)
                     if self._commit_every is not None and self._n_acked >= self._commit_every:
                         self._n_acked = 0
                         await self.commit()
-                    if message.topic == intake.topic:
-                        if intake.full():
-                            await self.wait_first(intake.wait_for_space(), self.suspend_flow.wait())
-                            if self.suspend_flow.is_set() or self.should_stop:
-                                continue  # a rebalance: fetched again from the committed offset
-                        unacked.add(message)
-                        intake.put(message)
-                    else:
-                        await self.wait_first(deliver(message), self.suspend_flow.wait())
+                    if intake.full():
+                        await self.wait_first(intake.wait_for_space(), self.suspend_flow.wait())
+                    # From here to put(), nothing awaits: the epoch cannot change in between.
+                    if self._fetch_epoch != intake.epoch:
+                        stale.add(tp)
+                        dropped += 1
+                        continue
+                    if tp in seek_back or not self._admit(tp, offset, seek_back):
+                        continue
+                    intake.put(message, self._fetch_epoch)
                     read_offset[tp] = offset
+                if dropped:
+                    log.info(
+                        "dropped %d messages fetched before a rebalance; fetching them again",
+                        dropped,
+                    )
+                await self._seek_back(seek_back, stale)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -154,19 +366,51 @@ class IntakeTransport(aiokafka_driver.Transport):
 class IntakeApp(faust.App):
     """A Faust app whose consumer feeds ``intake`` with the messages of ``intake.topic``."""
 
-    def __init__(self, *args: Any, intake: Intake, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, intake: Intake, lease: HeartbeatLease, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.intake = intake
+        self.lease = lease
 
-    async def take_batch(self, max_: int, within: float) -> list[Message]:
+    async def take_batch(self, max_: int, within: float) -> TakenBatch:
         """A batch from the intake (see :meth:`Intake.take`), as a stream would take it."""
+        await hooks.before_take()
         batch = await self.intake.take(max_, within)
         # Faust's livelock check reads when a stream last took an event from each partition;
         # without a stream it would report every partition with a backlog as stuck.
         inbound, now = self.monitor.stream_inbound_time, time.monotonic()
-        for tp in {m.tp for m in batch}:
+        for tp in {m.tp for m in batch.messages}:
             inbound[tp] = now
         return batch
+
+    def owns(self, epoch: int) -> bool:
+        """Whether a batch taken under ``epoch`` may still write, be acked and be committed
+        (any thread): no rebalance began since, and the group heard from us within a session."""
+        return epoch == self.intake.epoch and self.lease.valid()
+
+    def fence(self, epoch: int) -> Fence:
+        """A check to run before each statement of a batch taken under ``epoch``."""
+
+        def check() -> None:
+            if epoch != self.intake.epoch:
+                raise NotOwnerError(f"a rebalance began (epoch {epoch} -> {self.intake.epoch})")
+            if not self.lease.valid():
+                raise NotOwnerError(
+                    f"no heartbeat answered for {self.lease.length:.0f} s: "
+                    "the group may have dropped this worker"
+                )
+
+        return check
+
+    def abandon(self, batch: TakenBatch) -> None:
+        """Never ack ``batch``: untrack it (the next owner reads it again)."""
+        self.intake.untrack(batch.messages)
+
+    async def give_up(self, batch: TakenBatch) -> None:
+        """Abandon ``batch``, and if its epoch is still current (the lease ran out, no rebalance
+        came yet), start a new one that reads its partitions again: nothing waits forever."""
+        self.abandon(batch)
+        if batch.epoch == self.intake.epoch:
+            await self.consumer.reread()  # type: ignore[attr-defined]
 
     async def on_first_start(self) -> None:
         # Cleared with Faust's stream buffers on every rebalance (duck-typed: clear()).

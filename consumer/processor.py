@@ -13,12 +13,13 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from consumer.accounting import job_records
 from consumer.batch import KafkaRecord, ParsedBatch, build
 from consumer.metrics import Metrics
+from consumer.ownership import Fence, no_fence
 from consumer.writer import ShardWriter
 from reindex_common.kafka import ReliableProducer
 from reindex_common.messages import dlq_message, dump
@@ -75,8 +76,17 @@ class BatchProcessor:
         """Stage 1: validate and route (CPU only; may run while the previous batch writes)."""
         return build(raws, len(self.settings.shards))
 
-    def write(self, messages: int, parsed: ParsedBatch, parse_seconds: float) -> BatchReport:
-        """Stage 2: DLQ, shard writes, written records; returns once all of it is durable."""
+    def write(
+        self,
+        messages: int,
+        parsed: ParsedBatch,
+        parse_seconds: float,
+        fence: Fence = no_fence,
+    ) -> BatchReport:
+        """Stage 2: DLQ, shard writes, written records; returns once all of it is durable.
+
+        ``fence`` runs before every DLQ send, shard statement and written record, and raises
+        :class:`~consumer.ownership.NotOwnerError` once the worker no longer owns the batch."""
         began = time.monotonic()
         self.batch_number += 1
         deadline = began + self.settings.write_retry_deadline
@@ -97,16 +107,19 @@ class BatchProcessor:
                 job_id=rejected.job_id,
             )
             envelope = bound_envelope(envelope, self.settings.max_message_bytes, raw.key)
+            fence()
             self.producer.send(self.settings.dlq_topic, dump(envelope), key=raw.key)
 
         futures = [
-            self.pool.submit(self.writer.write, self.batch_number, shard_batch, deadline)
+            self.pool.submit(self.writer.write, self.batch_number, shard_batch, deadline, fence)
             for shard_batch in parsed.shards.values()
         ]
+        wait(futures)  # every shard's statements are over before this batch may be given up
         for future in futures:
             future.result()  # re-raises the first shard's failure
         written_at = time.monotonic()
 
+        fence()
         for record in job_records(parsed, self.worker_id):  # written and dead-lettered, per job
             self.producer.send(
                 self.settings.written_topic,

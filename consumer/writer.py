@@ -18,6 +18,12 @@ runs again and its INSERTs must not be dropped as duplicates of the first delive
 Transient errors (shard unreachable, timeouts, too many parts) are retried with exponential
 backoff and jitter until ``deadline``; other errors, and the deadline, raise
 :class:`ShardWriteError`. Nothing is ever skipped.
+
+Before every attempt of every statement, and during the pauses between attempts, the batch's
+``fence`` checks that this worker still owns the batch's partitions; once it does not, it raises
+:class:`~consumer.ownership.NotOwnerError` and no further statement of the batch is sent: a
+worker that left the group (or is leaving it) never deletes or inserts after the partition's
+next owner may have begun.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from consumer.batch import ShardBatch
+from consumer.hooks import hooks
+from consumer.ownership import Fence, no_fence
 from reindex_common.clickhouse import connect_shard, wrap_error
 from reindex_common.errors import ShardWriteError
 from reindex_common.schema import SCORE_COLUMNS, SCORE_TYPES, SCORECARD_COLUMNS, SCORECARD_TYPES
@@ -58,6 +66,14 @@ def _import_lazy_modules() -> None:
     from clickhouse_connect.driver import options  # noqa: PLC0415
 
     _ = options.pd
+
+
+def _sleep_fenced(seconds: float, fence: Fence) -> None:
+    """Sleep, giving up as soon as the fence fires (a revoke must not wait out a backoff)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.5))
+        fence()
 
 
 def _chunks(items: list[T], size: int) -> list[list[T]]:
@@ -103,12 +119,19 @@ class ShardWriter:
             client.close()
 
     def _retrying(
-        self, shard: ShardEndpoint, doing: str, deadline: float, step: Callable[[Client], T]
+        self,
+        shard: ShardEndpoint,
+        doing: str,
+        deadline: float,
+        step: Callable[[Client], T],
+        fence: Fence,
     ) -> T:
         delay = 0.2
         attempt = 0
         while True:
             attempt += 1
+            hooks.before_statement()
+            fence()
             try:
                 return step(self._client(shard))
             except ClickHouseError as e:
@@ -129,20 +152,23 @@ class ShardWriter:
             self._on_retry(error)
             log.warning("%s; retry %d in %.1f s", error, attempt, pause)
             self._drop_client(shard)  # a fresh connection for the next attempt
-            time.sleep(pause)
+            _sleep_fenced(pause, fence)
             delay = min(delay * 2, 10.0)
 
-    def write(self, batch_number: int, batch: ShardBatch, deadline: float) -> None:
-        """Write ``batch`` to its shard (DELETE with clean-up, then both INSERTs)."""
+    def write(
+        self, batch_number: int, batch: ShardBatch, deadline: float, fence: Fence = no_fence
+    ) -> None:
+        """Write ``batch`` to its shard (DELETE with clean-up, then both INSERTs); ``fence``
+        runs before each statement (see the module's docstring)."""
         shard = self._settings.shards[batch.shard]
         existing: list[tuple[str, str, str]] = []
         for keys in _chunks(batch.clean_up_keys, KEYS_PER_STATEMENT):
             held = partial(self._held, keys=keys)
-            existing += self._retrying(shard, "look up rows to clean up", deadline, held)
+            existing += self._retrying(shard, "look up rows to clean up", deadline, held, fence)
         for keys in _chunks(existing, KEYS_PER_STATEMENT):
             for table in ("scorecard_scores", "scorecards"):
                 delete = partial(self._delete, table=table, keys=keys)
-                self._retrying(shard, f"delete from {table}", deadline, delete)
+                self._retrying(shard, f"delete from {table}", deadline, delete, fence)
         for table, columns, types, data in (
             ("scorecards", SCORECARD_COLUMNS, SCORECARD_TYPES, batch.scorecards),
             ("scorecard_scores", SCORE_COLUMNS, SCORE_TYPES, batch.scores),
@@ -153,7 +179,7 @@ class ShardWriter:
             insert = partial(
                 self._insert, table=table, columns=columns, types=types, data=data, token=token
             )
-            self._retrying(shard, f"insert into {table}", deadline, insert)
+            self._retrying(shard, f"insert into {table}", deadline, insert, fence)
 
     @staticmethod
     def _held(client: Client, keys: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

@@ -46,8 +46,11 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]*$")
 _HOUR = 3600.0
 
-# ``REINDEX_*`` variables the project reads that are not settings (the dev stack's directory).
-NOT_SETTINGS = frozenset({"REINDEX_DEVSTACK_DIR"})
+# ``REINDEX_*`` variables the project reads that are not settings: the dev stack's directory,
+# and the pause points of the rebalance tests (consumer/hooks.py).
+NOT_SETTINGS = frozenset(
+    {"REINDEX_DEVSTACK_DIR", "REINDEX_TEST_HOLD_DRAIN", "REINDEX_TEST_HOLD_WRITE"}
+)
 
 
 @dataclass(frozen=True)
