@@ -344,9 +344,9 @@ def request(**job: Any) -> None:
 @max_lag_option
 @click.option(
     "--max-attempts",
+    type=cli_types.ATTEMPTS,
     default=8,
     show_default=True,
-    callback=_positive,
     help="Runs of a failing job before it is recorded failed and its request dead-lettered.",
 )
 def serve(max_rate: float | None, max_lag: int | None, max_attempts: int) -> None:
@@ -608,15 +608,14 @@ def check() -> None:
 )
 @click.option(
     "--max-rounds",
-    type=int,
+    type=cli_types.MAX_ROUNDS,
     default=3,
     show_default=True,
-    callback=_positive,
     help="Mend and verify again at most this many times.",
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=cli_types.TIMEOUT,
     default=3600.0,
     show_default=True,
     help="How long to wait, in all, for the consumers to write the repair jobs.",
