@@ -191,13 +191,13 @@ def install_log_redaction() -> None:
             return record
         try:
             record.msg = redact(record.getMessage())
-            record.args = None
+            record.args = ()  # already in msg; () as logging (and mode's formatter) expect
             if record.exc_info and not record.exc_text:
                 record.exc_text = redact(formatter.formatException(record.exc_info))
             if record.stack_info:
                 record.stack_info = redact(record.stack_info)
         except Exception:
-            record.msg, record.args = MASK, None
+            record.msg, record.args = MASK, ()
         return record
 
     logging.setLogRecordFactory(factory)

@@ -107,7 +107,10 @@ class Worker:
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        return self.process.wait(timeout_s)
+        code = self.process.wait(timeout_s)
+        # A log line that cannot be formatted is lost (and its stack floods the output).
+        assert "--- Logging error ---" not in self.output(), self.output()[-3000:]
+        return code
 
 
 def start_worker(settings: Settings, name: str, logs: Path, **env: str) -> Worker:

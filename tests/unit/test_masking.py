@@ -80,6 +80,28 @@ def test_log_records_at_every_level_are_redacted(caplog: pytest.LogCaptureFixtur
     assert redact("x log-s3cret-sasl y") == "x *** y"
 
 
+def test_redacted_records_format_under_faust_s_formatter() -> None:
+    """Faust's workers log through mode's formatter, which turns a record's args into a tuple:
+    a redacted record must still format (args ``()``, not ``None``), or every line of a worker
+    becomes a 'Logging error' with its stack."""
+    from mode.utils.logging import ExtensionFormatter  # noqa: PLC0415
+
+    Settings(_env_file=None, pg_dsn="host=db password=fmt-s3cret")  # type: ignore[call-arg]
+    log = logging.getLogger("reindex.test_masking.mode")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    log.addHandler(handler)
+    try:
+        log.warning("Starting...")
+        log.warning("batch %d: %s", 1, "host=db password=fmt-s3cret")
+    finally:
+        log.removeHandler(handler)
+    formatter = ExtensionFormatter(fmt="%(message)s")
+    lines = [formatter.format(record) for record in records]
+    assert lines == ["Starting...", "batch 1: host=db password=***"]
+
+
 def test_failure_reasons_and_tracebacks_are_redacted() -> None:
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
