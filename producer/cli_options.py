@@ -33,8 +33,8 @@ def range_options(command: F) -> F:
     return command
 
 
-def job_options(command: F) -> F:
-    """Add --start, --end, --last, --types, --mode, --batch-size, --clean-up and --job-id."""
+def selection_options(command: F) -> F:
+    """Add --start, --end, --last, --types and --mode: which scorecards (SPEC §2)."""
     options = [
         range_options,
         click.option("--types", help="Scorecard types, comma-separated: PROCESS,CONVERSATION."),
@@ -43,6 +43,16 @@ def job_options(command: F) -> F:
             type=click.Choice(["process", "conversation", "all"]),
             help="Shorthand for --types (default: REINDEX_MODE).",
         ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def job_options(command: F) -> F:
+    """Add the selection options, --batch-size, --clean-up and --job-id."""
+    options = [
+        selection_options,
         click.option(
             "--batch-size",
             type=cli_types.BATCH_SIZE,

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from producer.cli_options import build_request, job_options, max_lag_option, range_options
+from producer.cli_options import build_request, job_options, max_lag_option, selection_options
 from reindex import cli_types
 from reindex.dlq_commands import dlq
 from reindex.jobs_cancel import cancel as jobs_cancel
@@ -502,13 +502,7 @@ def _run_verify(settings: Settings, start: Any, end: Any, types: Any, bucket: st
 
 
 @cli.command()
-@range_options
-@click.option("--types", help="Scorecard types, comma-separated: PROCESS,CONVERSATION.")
-@click.option(
-    "--mode",
-    type=click.Choice(["process", "conversation", "all"]),
-    help="Shorthand for --types (default: REINDEX_MODE).",
-)
+@selection_options
 @click.option(
     "--bucket",
     type=click.Choice(["day", "hour"]),
@@ -592,13 +586,7 @@ def check() -> None:
 
 
 @cli.command()
-@range_options
-@click.option("--types", help="Scorecard types, comma-separated: PROCESS,CONVERSATION.")
-@click.option(
-    "--mode",
-    type=click.Choice(["process", "conversation", "all"]),
-    help="Shorthand for --types (default: REINDEX_MODE).",
-)
+@selection_options
 @click.option(
     "--bucket",
     type=click.Choice(["day", "hour"]),
