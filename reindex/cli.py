@@ -493,6 +493,28 @@ def jobs(ctx: click.Context, show_all: bool, output: str) -> None:
 # --- verify ------------------------------------------------------------------------------------
 
 
+def _selection(
+    settings: Settings,
+    start: str | None,
+    end: str | None,
+    last: str | None,
+    types: str | None,
+    mode: str | None,
+) -> Any:
+    """The range and types of the selection options, checked as for a job (exit 2 if bad)."""
+    return build_request(
+        settings,
+        start=start,
+        end=end,
+        last=last,
+        types=types,
+        mode=mode,
+        batch_size=None,
+        clean_up=False,
+        job_id="selection",
+    )
+
+
 def _run_verify(settings: Settings, start: Any, end: Any, types: Any, bucket: str) -> bool:
     from reindex.verify import verify as run_verify  # noqa: PLC0415
 
@@ -530,17 +552,7 @@ def verify(
     from reindex.verify import verify as run_verify  # noqa: PLC0415
 
     settings = _settings()
-    request = build_request(
-        settings,
-        start=start,
-        end=end,
-        last=last,
-        types=types,
-        mode=mode,
-        batch_size=None,
-        clean_up=False,
-        job_id="verify",
-    )
+    request = _selection(settings, start, end, last, types, mode)
     report = run_verify(
         settings,
         request.start,
@@ -634,17 +646,7 @@ def repair(
     from reindex_common.errors import NotCleanError  # noqa: PLC0415
 
     settings = _settings()
-    request = build_request(
-        settings,
-        start=start,
-        end=end,
-        last=last,
-        types=types,
-        mode=mode,
-        batch_size=None,
-        clean_up=True,
-        job_id="repair",
-    )
+    request = _selection(settings, start, end, last, types, mode)
     report = run_repair(
         settings,
         request.start,
