@@ -23,6 +23,7 @@ from reindex.jobs_cancel import cancel as jobs_cancel
 from reindex.output import emit_json, output_option, say
 from reindex_common.errors import BadInputError, NotCleanError, ReindexError
 from reindex_common.masking import install_excepthooks, redact
+from reindex_common.messages import ReindexRequest
 from reindex_common.settings import Settings, load_settings
 
 log = logging.getLogger("reindex")
@@ -500,7 +501,7 @@ def _selection(
     last: str | None,
     types: str | None,
     mode: str | None,
-) -> Any:
+) -> ReindexRequest:
     """The range and types of the selection options, checked as for a job (exit 2 if bad)."""
     return build_request(
         settings,
