@@ -141,7 +141,8 @@ def test_serve_stops_a_cancelled_job_goes_on_and_what_was_published_is_written(
     log = tmp_path / "serve.log"
     with (
         workers(settings, tmp_path, "w1"),
-        _background(settings, ["serve", "--max-rate", "150"], log) as serve,
+        # Slow enough that the job outlasts a `reindex jobs cancel` on a loaded machine.
+        _background(settings, ["serve", "--max-rate", "40"], log) as serve,
     ):
         _wait(
             "two pages of the slow job",
@@ -180,7 +181,8 @@ def test_produce_stops_when_cancelled_and_a_rerun_resumes(
     seed(settings.director_dsn, settings.director_dsn, PLAN)
     args = ["produce", "--start", PLAN.start.isoformat(), "--end", PLAN.end.isoformat()]
     args += ["--job-id", "p1", "--batch-size", "25"]
-    with _background(settings, [*args, "--max-rate", "150"], tmp_path / "p.log") as produce:
+    # Slow enough (~40 s in all) that the job outlasts a `reindex jobs cancel` on a loaded machine.
+    with _background(settings, [*args, "--max-rate", "40"], tmp_path / "p.log") as produce:
         _wait("two pages", lambda: (cp := read_checkpoint(settings, "p1")) and cp.pages >= 2)
         cancelled = reindex(settings, "jobs", "cancel", "p1")
         assert cancelled.returncode == 0, cancelled.stderr
