@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,9 +28,10 @@ import psycopg
 from bench import cpu
 from bench.baseline import run_baseline
 from bench.engine import run_engine_copy
+from devstack import stack
+from devstack.workers import has_joined, start_reindex
 from reindex.status import JobWatcher
 from reindex_common.clickhouse import init_target_schema, shard_client
-from reindex_common.devstack import stack
 from reindex_common.errors import ReindexError
 from reindex_common.pg import init_source_schema
 from reindex_common.seed import SeedPlan, seed
@@ -78,13 +77,7 @@ class Proc:
     def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
         self.name = name
         self.log = logs / f"{name}.log"
-        with self.log.open("wb") as out:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "reindex", *args],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.popen = start_reindex(args, env, self.log)
         self.peak = 0.0
         self.cpu_s = 0.0  # user + system seconds, known once reaped
         self._reaped = threading.Event()
@@ -202,7 +195,7 @@ class Bench:
             for i in range(count)
         ]
         deadline = time.monotonic() + 120
-        while not all("assigned partitions" in w.output() for w in workers):
+        while not all(has_joined(w.log) for w in workers):
             if time.monotonic() > deadline:
                 raise ReindexError(f"workers did not join: {workers[0].output()[-500:]}")
             time.sleep(0.2)

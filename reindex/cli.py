@@ -200,7 +200,7 @@ def devstack() -> None:
 )
 def devstack_up(shards: int, kafka_port: int, clickhouse_port: int) -> None:
     """Start the stack, or reuse the one already running (state and logs in .devstack/)."""
-    from reindex_common.devstack.stack import StackConfig, up  # noqa: PLC0415
+    from devstack.stack import StackConfig, up  # noqa: PLC0415
     from reindex_common.settings import mask_url  # noqa: PLC0415
 
     settings = _settings()
@@ -222,7 +222,7 @@ def devstack_up(shards: int, kafka_port: int, clickhouse_port: int) -> None:
 @click.option("--purge", is_flag=True, help="Also delete the stack's data and logs.")
 def devstack_down(purge: bool) -> None:
     """Stop every process the stack started, and nothing else."""
-    from reindex_common.devstack.stack import down  # noqa: PLC0415
+    from devstack.stack import down  # noqa: PLC0415
 
     stopped = down(_devstack_dir(), purge=purge)
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -231,7 +231,7 @@ def devstack_down(purge: bool) -> None:
 @devstack.command("env")
 def devstack_env() -> None:
     """Print `export REINDEX_...` lines that point the other commands at the running stack."""
-    from reindex_common.devstack.stack import StackState  # noqa: PLC0415
+    from devstack.stack import StackState  # noqa: PLC0415
 
     state = StackState.load(_devstack_dir().resolve())
     if state is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,11 +29,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from devstack import stack
+from devstack.workers import has_joined, start_worker
 from producer.job import JobOptions, run_job
 from reindex.status import JobStatus, JobWatcher
 from reindex.verify import verify
 from reindex_common.clickhouse import init_target_schema, shard_client
-from reindex_common.devstack import stack
 from reindex_common.errors import BadInputError, ReindexError
 from reindex_common.jobs import JobCheckpoint
 from reindex_common.masking import mask_dsn
@@ -142,30 +142,12 @@ class _Workers:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs = [logs / f"demo-worker-{i + 1}.log" for i in range(count)]
         for i, log in enumerate(self.logs):
-            with log.open("wb") as out:
-                self.processes.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "reindex",
-                            "consume",
-                            "--worker-id",
-                            f"demo-worker-{i + 1}",
-                        ],
-                        env=env,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                    )
-                )
+            self.processes.append(start_worker(f"demo-worker-{i + 1}", env, log))
 
     def wait_joined(self, timeout_s: float = 120) -> None:
         """Until every worker has its partitions (a group's first join takes a few seconds)."""
         deadline = time.monotonic() + timeout_s
-        while not all(
-            "assigned partitions" in log.read_text(errors="replace") for log in self.logs
-        ):
+        while not all(has_joined(log) for log in self.logs):
             self.check()
             if time.monotonic() > deadline:
                 raise ReindexError(f"the consumer workers did not join in {timeout_s:.0f} s")

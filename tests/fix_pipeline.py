@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from typing import Any
 import psycopg
 from fix_services import run_reindex, settings_env
 
+from devstack.workers import start_worker as start_worker_process
 from reindex_common.clickhouse import shard_client
 from reindex_common.routing import shard_for
 from reindex_common.schema import SCORE_COLUMNS, SCORECARD_COLUMNS
@@ -115,14 +115,7 @@ class Worker:
 
 def start_worker(settings: Settings, name: str, logs: Path, **env: str) -> Worker:
     log = logs / f"{name}.log"
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(
-            [sys.executable, "-m", "reindex", "consume", "--worker-id", name],
-            env={**settings_env(settings), **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return Worker(name, process, log)
+    return Worker(name, start_worker_process(name, {**settings_env(settings), **env}, log), log)
 
 
 @contextmanager

@@ -26,8 +26,8 @@ import fix_containers
 import psycopg
 import pytest
 
+from devstack import stack
 from reindex_common.clickhouse import init_target_schema, shard_client
-from reindex_common.devstack import stack
 from reindex_common.pg import init_source_schema
 from reindex_common.settings import Settings
 

@@ -58,7 +58,7 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m reindex_common.devstack.clickhouse_http`` on a free port, with a password."""
+    """``python -m devstack.clickhouse_http`` on a free port, with a password."""
 
     def __init__(self, data_dir: Path, log: Path, *extra_args: str) -> None:
         self.data_dir = data_dir
@@ -75,7 +75,7 @@ class ServerProcess:
 
     def start(self) -> None:
         self.port = _free_port()
-        argv = [sys.executable, "-m", "reindex_common.devstack.clickhouse_http"]
+        argv = [sys.executable, "-m", "devstack.clickhouse_http"]
         argv += ["--data-dir", str(self.data_dir), "--port", str(self.port), *self.extra_args]
         env = {**os.environ, "CLICKHOUSE_HTTP_PASSWORD": self.password}
         with self.log.open("ab") as log:
@@ -605,7 +605,7 @@ def test_bodies_and_results_are_bounded(small_server: ServerProcess) -> None:
 
 
 def test_listens_on_loopback_only_unless_told(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "reindex_common.devstack.clickhouse_http"]
+    argv = [sys.executable, "-m", "devstack.clickhouse_http"]
     argv += ["--data-dir", str(tmp_path / "d"), "--port", "0", "--host", "0.0.0.0"]  # noqa: S104
     env = {**os.environ, "CLICKHOUSE_HTTP_PASSWORD": "x"}
     refused = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)

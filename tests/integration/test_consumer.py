@@ -26,9 +26,9 @@ from fix_pipeline import (
 from fix_services import Services
 from prom_text import parse, total
 
+from devstack import stack
 from producer.job import JobOptions, run_job
 from reindex_common.clickhouse import shard_client
-from reindex_common.devstack import stack
 from reindex_common.kafka import read_topic
 from reindex_common.messages import ReindexRequest
 from reindex_common.routing import shard_for

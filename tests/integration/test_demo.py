@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fix_services import Services, free_port_run
 
-from reindex_common.devstack import stack
+from devstack import stack
 
 
 def _processes_mentioning(text: str) -> list[str]:

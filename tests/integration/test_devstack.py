@@ -15,7 +15,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 from fix_services import free_port_run, run_reindex
 
-from reindex_common.devstack import stack
+from devstack import stack
 
 
 def reindex(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -29,9 +29,9 @@ from test_producer import (
     wait_for,
 )
 
+from devstack import stack
 from producer.service import serve_group
 from reindex_common.clickhouse import shard_client
-from reindex_common.devstack import stack
 from reindex_common.jobs import read_checkpoint
 from reindex_common.settings import Settings
 

@@ -20,9 +20,9 @@ import pytest
 from fix_services import Services, free_port_run, run_reindex
 from psycopg.conninfo import make_conninfo
 
+from devstack import stack
 from producer.source import ScorecardSource
 from reindex.demo import DEMO_DATABASE, _demo_dsn
-from reindex_common.devstack import stack
 from reindex_common.errors import BadInputError
 from reindex_common.pg import CREATED_MARK, connect
 from reindex_common.schema import DIRECTOR_DDL, HISTORIC_DDL, statements

@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit
 from fix_services import settings_env
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from reindex_common.devstack.stack import Process, StackState
+from devstack.stack import Process, StackState
 from reindex_common.kafka import existing_topics, read_topic
 from reindex_common.seed import SeedPlan, seed
 from reindex_common.settings import Settings

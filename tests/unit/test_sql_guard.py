@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reindex_common.devstack.sql_guard import RefusedError, check, check_setting
+from devstack.sql_guard import RefusedError, check, check_setting
 from reindex_common.schema import statements, target_ddl
 
 REFUSED = [

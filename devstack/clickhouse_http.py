@@ -4,7 +4,7 @@ Production talks to real ClickHouse servers. On a machine without Docker this mo
 for one of them: it serves the part of ClickHouse's HTTP interface that clickhouse-connect and
 curl use, in front of chdb (the real ClickHouse engine, in-process) with its own data directory::
 
-    python -m reindex_common.devstack.clickhouse_http --data-dir DIR --port PORT [--host 127.0.0.1]
+    python -m devstack.clickhouse_http --data-dir DIR --port PORT [--host 127.0.0.1]
 
 It forwards SQL to the engine and returns the engine's bytes. Results are never parsed, rewritten
 or invented; errors are the engine's, with their codes.
@@ -20,7 +20,7 @@ and write any file the user can, fetch URLs and run programs):
   ``X-ClickHouse-Key``, or the ``user`` / ``password`` URL parameters;
 * a request carrying a browser's ``Origin`` or ``Sec-Fetch-*`` header is refused;
 * SQL that could reach files, URLs, other servers or programs is refused before the engine sees
-  it (:mod:`reindex_common.devstack.sql_guard`), and ``VALUES`` data cannot run expressions;
+  it (:mod:`devstack.sql_guard`), and ``VALUES`` data cannot run expressions;
 * request bodies (raw and decompressed) are bounded by ``--max-body-bytes``, query text by
   ``--max-query-bytes`` and results by ``--max-result-bytes``.
 
@@ -86,7 +86,7 @@ from urllib.parse import parse_qsl, urlsplit
 import lz4.frame
 import zstandard
 
-from reindex_common.devstack import PASSWORD_ENV, sql_guard
+from devstack import PASSWORD_ENV, sql_guard
 
 # Error codes and names as ClickHouse numbers them (src/Common/ErrorCodes.cpp), for the errors
 # this front raises itself, before the engine is reached.
@@ -1009,7 +1009,7 @@ def _snippet(sql: bytes) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m reindex_common.devstack.clickhouse_http",
+        prog="python -m devstack.clickhouse_http",
         description="A ClickHouse HTTP-interface server over chdb (dev stack only).",
     )
     parser.add_argument("--data-dir", required=True, help="the shard's chdb data directory")

@@ -35,7 +35,7 @@ from typing import Any
 
 import psycopg
 
-from reindex_common.devstack import PASSWORD_ENV
+from devstack import PASSWORD_ENV
 from reindex_common.errors import DevStackError
 from reindex_common.pg import first_line
 from reindex_common.settings import mask_url
@@ -287,7 +287,7 @@ def start_shard(root: Path, host: str, index: int, port: int, password: str) -> 
     argv = [
         sys.executable,
         "-m",
-        "reindex_common.devstack.clickhouse_http",
+        "devstack.clickhouse_http",
         "--data-dir",
         str(data),
         "--host",
