@@ -580,6 +580,11 @@ def check() -> None:
     partitions), every shard (database, tables, columns, engine), the consumer group (live
     members, messages behind); then each setting, masked, with where it came from. Exit 0 only
     when every check passes, 1 otherwise.
+
+    \b
+    Examples:
+      reindex check
+      reindex check && reindex request --last 24h --mode all --clean-up
     """
     from reindex.check import effective_settings, run_checks  # noqa: PLC0415
 

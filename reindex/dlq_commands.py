@@ -49,7 +49,13 @@ def dlq() -> None:
 @dlq_filters
 @output_option
 def dlq_list(job: str | None, reason: str | None, since: str | None, output: str) -> None:
-    """The dead letters, oldest first: id (PARTITION:OFFSET), time, job, replayed, reason."""
+    """The dead letters, oldest first: id (PARTITION:OFFSET), time, job, replayed, reason.
+
+    \b
+    Examples:
+      reindex dlq list --job backfill-2026-03
+      reindex dlq list --reason "outside what DateTime64" --since 2h -o json
+    """
     from reindex.dlq import dead_letters, describe_list  # noqa: PLC0415
 
     settings = load_settings()
@@ -70,7 +76,12 @@ def dlq_list(job: str | None, reason: str | None, since: str | None, output: str
 @click.argument("record_id", metavar="PARTITION:OFFSET")
 @output_option
 def dlq_show(record_id: str, output: str) -> None:
-    """One dead letter: the reason, where it came from, and the original bytes."""
+    """One dead letter: the reason, where it came from, and the original bytes.
+
+    \b
+    Example:
+      reindex dlq show 3:1187 -o json
+    """
     from reindex.dlq import describe_one, find, parse_id  # noqa: PLC0415
 
     parse_id(record_id)  # bad input before any connection
@@ -92,6 +103,11 @@ def dlq_replay(
 
     Replayed records are remembered: a second replay skips them. A truncated original cannot be
     replayed and is named as such.
+
+    \b
+    Examples:
+      reindex dlq replay --job backfill-2026-03 --dry-run
+      reindex dlq replay --since 2026-03-01T00:00:00Z
     """
     from reindex.dlq import replay  # noqa: PLC0415
 
