@@ -28,6 +28,7 @@ import psycopg
 from bench import cpu
 from bench.baseline import run_baseline
 from bench.engine import run_engine_copy
+from bench.timeline import describe, job_timeline
 from devstack import stack
 from devstack.workers import has_joined, start_reindex
 from reindex.status import JobWatcher
@@ -51,6 +52,7 @@ class Result:
     peak_mb: dict[str, float] = field(default_factory=dict)
     note: str = ""
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per component
+    timeline: list[tuple[str, float]] = field(default_factory=list)  # pipeline runs
 
     @property
     def cards_per_s(self) -> float:
@@ -280,11 +282,12 @@ class Bench:
         workers = self.start_workers(settings, count, f"pipe{count}")
         workers_before = sum(w.cpu_so_far() for w in workers)
         services = self.services.snapshot()
-        began = time.monotonic()
+        began, began_wall = time.monotonic(), time.time()
         job = f"bench-pipeline{count}"
         p = Proc(f"pipe{count}-producer", self.produce_args(job), self.env(settings), self.logs)
         self.wait_complete(settings, job, [p, *workers])
         seconds = time.monotonic() - began
+        complete_wall = time.time()
         services = self.services.spent(services, self.services.snapshot())
         p.wait()
         for w in workers:
@@ -294,7 +297,16 @@ class Bench:
             "producer": p.cpu_s,
             "workers": sum(w.cpu_s for w in workers) - workers_before,
         } | services
-        return Result(f"pipeline, {count} worker(s)", seconds, cards, scores, peaks, cpu_s=spent)
+        steps = job_timeline(began_wall, complete_wall, p.log, [w.log for w in workers])
+        return Result(
+            f"pipeline, {count} worker(s)",
+            seconds,
+            cards,
+            scores,
+            peaks,
+            cpu_s=spent,
+            timeline=steps,
+        )
 
     def engine(self) -> Result:
         settings = self.fresh("engine")
@@ -319,6 +331,10 @@ def _report(results: dict[str, Result], say: Callable[[str], None]) -> None:
             f"{r.scores_per_s:,.0f} | {peaks} |"
         )
     _report_cpu(results, say)
+    for r in results.values():
+        if r.timeline:
+            say(f"\ntime line of the job, {r.name} (seconds since `reindex produce` started):")
+            say(describe(r.timeline))
     base, limit = results.get("baseline"), results.get("engine")
     for key in ("pipeline1", "pipeline2"):
         run = results.get(key)
