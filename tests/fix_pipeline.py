@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,12 @@ import psycopg
 from fix_services import run_reindex, settings_env
 
 from devstack.workers import start_worker as start_worker_process
+from producer.job import JobOptions, run_job
 from reindex_common.clickhouse import shard_client
+from reindex_common.messages import ReindexRequest
 from reindex_common.routing import shard_for
 from reindex_common.schema import SCORE_COLUMNS, SCORECARD_COLUMNS
+from reindex_common.seed import SeedPlan, seed
 from reindex_common.settings import Settings
 
 # --- source rows -------------------------------------------------------------------------------
@@ -90,6 +93,47 @@ def score(
     }
     row.update(extra)
     return row
+
+
+# --- one job over a month of synthetic data ----------------------------------------------------
+
+MONTH_START = datetime(2026, 1, 1, tzinfo=UTC)
+MONTH_END = MONTH_START + timedelta(days=30)
+BOTH_TYPES = ("PROCESS", "CONVERSATION")
+
+
+def seed_month(settings: Settings, scorecards: int, seed_value: int = 5) -> None:
+    """``scorecards`` synthetic scorecards (both types) created over the month."""
+    dsn = settings.director_dsn
+    seed(dsn, dsn, SeedPlan(scorecards, seed=seed_value, start=MONTH_START, days=30))
+
+
+def run_month_job(
+    settings: Settings,
+    job_id: str,
+    *,
+    start: datetime = MONTH_START,
+    end: datetime = MONTH_END,
+    clean_up: bool = False,
+    batch: int = 200,
+) -> int:
+    """Publish one job over [start, end), both types, in this process; its published count."""
+    request = ReindexRequest(
+        job_id=job_id,
+        start=start,
+        end=end,
+        scorecard_types=BOTH_TYPES,
+        batch_size=batch,
+        clean_up=clean_up,
+    )
+    return run_job(settings, request, JobOptions(show_progress=False)).published_scorecards
+
+
+def wait_written(settings: Settings, job_id: str, timeout_s: int = 180) -> None:
+    """``reindex status JOB --wait``: the job complete and clean within ``timeout_s``."""
+    result = reindex(settings, "status", job_id, "--wait", "--timeout", str(timeout_s))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "complete" in result.stdout
 
 
 # --- workers -----------------------------------------------------------------------------------

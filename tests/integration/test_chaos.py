@@ -6,24 +6,32 @@ from __future__ import annotations
 
 import signal
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from fix_pipeline import Worker, expected_rows, reindex, shard_rows, start_worker
+from fix_pipeline import (
+    BOTH_TYPES,
+    MONTH_END,
+    MONTH_START,
+    Worker,
+    expected_rows,
+    reindex,
+    run_month_job,
+    seed_month,
+    shard_rows,
+    start_worker,
+    wait_written,
+)
 
-from producer.job import JobOptions, run_job
-from reindex_common.messages import ReindexRequest
 from reindex_common.routing import shard_for
-from reindex_common.seed import SeedPlan, seed
 from reindex_common.settings import Settings
 from reindex_common.written import committed_offsets
 
-START = datetime(2026, 1, 1, tzinfo=UTC)
-END = START + timedelta(days=30)
+START, END = MONTH_START, MONTH_END
 SELECTED_START, SELECTED_END = START + timedelta(days=5), START + timedelta(days=25)
-ALL = ("PROCESS", "CONVERSATION")
+ALL = BOTH_TYPES
 PARTITIONS = 4
 
 # Twelve membership changes, one every few seconds: (action, worker).
@@ -44,18 +52,6 @@ CHANGES = [
 PAUSE_S = 5.0
 
 
-def _produce(settings: Settings, job_id: str, start: datetime, end: datetime) -> int:
-    request = ReindexRequest(
-        job_id=job_id, start=start, end=end, scorecard_types=ALL, batch_size=200, clean_up=True
-    )
-    return run_job(settings, request, JobOptions(show_progress=False)).published_scorecards
-
-
-def _wait_written(settings: Settings, job_id: str, timeout_s: int = 180) -> None:
-    result = reindex(settings, "status", job_id, "--wait", "--timeout", str(timeout_s))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def _key(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return row[:3]
 
@@ -68,7 +64,7 @@ def test_a_clean_up_job_through_a_dozen_membership_changes_leaves_every_row_exac
     # a rebalance may wait for a member that does not rejoin.
     settings = pipeline_settings.replace(consumer_batch_size=25, write_retry_deadline=10.0)
     dsn = settings.director_dsn
-    seed(dsn, dsn, SeedPlan(2000, seed=13, start=START, days=30))
+    seed_month(settings, 2000, seed_value=13)
     started: dict[str, Worker] = {}
 
     def join(name: str) -> None:
@@ -78,8 +74,8 @@ def test_a_clean_up_job_through_a_dozen_membership_changes_leaves_every_row_exac
         join("w1")
         join("w2")
         # The baseline: everything written once, before any change.
-        baseline_published = _produce(settings, "baseline", START, END)
-        _wait_written(settings, "baseline")
+        baseline_published = run_month_job(settings, "baseline", clean_up=True)
+        wait_written(settings, "baseline")
         baseline_cards, baseline_scores = expected_rows(dsn, START, END, ALL)
         phases = {"baseline": time.monotonic() - began}
 
@@ -94,7 +90,9 @@ def test_a_clean_up_job_through_a_dozen_membership_changes_leaves_every_row_exac
                 "updated_at = updated_at + interval '1 day' "
                 "WHERE abs(hashtext(scorecard_id)) % 3 = 0"
             )
-        published = _produce(settings, "chaos", SELECTED_START, SELECTED_END)
+        published = run_month_job(
+            settings, "chaos", start=SELECTED_START, end=SELECTED_END, clean_up=True
+        )
 
         changes = 0
         for action, name in CHANGES:
@@ -110,7 +108,7 @@ def test_a_clean_up_job_through_a_dozen_membership_changes_leaves_every_row_exac
         complete_during_chaos = (
             reindex(settings, "status", "chaos").stdout.splitlines()[0].find("complete") >= 0
         )
-        _wait_written(settings, "chaos", timeout_s=240)
+        wait_written(settings, "chaos", timeout_s=240)
         phases["written"] = time.monotonic() - began
 
         selected_cards, selected_scores = expected_rows(dsn, SELECTED_START, SELECTED_END, ALL)

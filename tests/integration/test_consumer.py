@@ -7,69 +7,47 @@ import json
 import signal
 import time
 import urllib.request
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 from confluent_kafka import Producer
 from fix_pipeline import (
+    BOTH_TYPES,
+    MONTH_END,
+    MONTH_START,
     assert_correct_result,
     insert_rows,
     reindex,
+    run_month_job,
     score,
     scorecard,
+    seed_month,
     start_worker,
     template,
     wait_until,
+    wait_written,
     workers,
 )
 from fix_services import Services
 from prom_text import parse, total
 
 from devstack import stack
-from producer.job import JobOptions, run_job
 from reindex_common.clickhouse import shard_client
 from reindex_common.kafka import read_topic
-from reindex_common.messages import ReindexRequest
 from reindex_common.routing import shard_for
-from reindex_common.seed import SeedPlan, seed
 from reindex_common.settings import Settings
 from reindex_common.written import committed_offsets, summarize_written
 
-START = datetime(2026, 1, 1, tzinfo=UTC)
-END = START + timedelta(days=30)
-ALL = ("PROCESS", "CONVERSATION")
-
-
-def _seed(settings: Settings, scorecards: int) -> None:
-    dsn = settings.director_dsn
-    seed(dsn, dsn, SeedPlan(scorecards, seed=5, start=START, days=30))
-
-
-def _produce(settings: Settings, job_id: str, *, clean_up: bool = False, batch: int = 200) -> None:
-    request = ReindexRequest(
-        job_id=job_id,
-        start=START,
-        end=END,
-        scorecard_types=ALL,
-        batch_size=batch,
-        clean_up=clean_up,
-    )
-    run_job(settings, request, JobOptions(show_progress=False))
-
-
-def _wait_written(settings: Settings, job_id: str, timeout_s: int = 180) -> None:
-    result = reindex(settings, "status", job_id, "--wait", "--timeout", str(timeout_s))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "complete" in result.stdout
+START, END, ALL = MONTH_START, MONTH_END, BOTH_TYPES
 
 
 def test_two_workers_write_the_correct_result_and_status_waits_for_it(
     pipeline_settings: Settings, tmp_path: Path
 ) -> None:
     settings = pipeline_settings
-    _seed(settings, 1500)
-    _produce(settings, "e2e")
+    seed_month(settings, 1500)
+    run_month_job(settings, "e2e")
 
     # Nothing consumes yet: --wait must not report success.
     early = reindex(settings, "status", "e2e", "--wait", "--timeout", "2")
@@ -78,7 +56,7 @@ def test_two_workers_write_the_correct_result_and_status_waits_for_it(
     assert "written    0 scorecards" in early.stdout
 
     with workers(settings, tmp_path, "w1", "w2") as (w1, w2):
-        _wait_written(settings, "e2e")
+        wait_written(settings, "e2e")
         # Complete means written: check right away, before anything else could land.
         assert_correct_result(settings, settings.director_dsn, START, END, ALL)
         status = reindex(settings, "status", "e2e")
@@ -106,22 +84,22 @@ def test_clean_up_removes_scores_postgres_no_longer_has(
         [score("c", "p", f"s{i}", f"k{k}", created) for i in range(5) for k in range(4)],
     )
     with workers(settings, tmp_path, "w1"):
-        _produce(settings, "first")
-        _wait_written(settings, "first")
+        run_month_job(settings, "first")
+        wait_written(settings, "first")
         assert_correct_result(settings, dsn, START, END, ALL)
 
         with psycopg.connect(dsn) as conn:
             conn.execute("DELETE FROM historic.scorecard_scores WHERE criterion_id = 'k3'")
-        _produce(settings, "no-clean-up")
-        _wait_written(settings, "no-clean-up")
+        run_month_job(settings, "no-clean-up")
+        wait_written(settings, "no-clean-up")
         assert_correct_result(settings, dsn, START, END, ALL, extra_scores_allowed=True)
         shard = settings.shards[shard_for("c", len(settings.shards))]
         query = "SELECT count() FROM scorecard_scores FINAL WHERE criterion_id = 'k3'"
         with shard_client(shard, database=settings.clickhouse_database) as client:
             assert client.command(query) == 5  # without clean-up the stale rows stay
 
-        _produce(settings, "with-clean-up", clean_up=True)
-        _wait_written(settings, "with-clean-up")
+        run_month_job(settings, "with-clean-up", clean_up=True)
+        wait_written(settings, "with-clean-up")
         with shard_client(shard, database=settings.clickhouse_database) as client:
             assert client.command(query) == 0
         assert_correct_result(settings, dsn, START, END, ALL)
@@ -129,13 +107,13 @@ def test_clean_up_removes_scores_postgres_no_longer_has(
 
 def test_a_worker_killed_mid_job_loses_nothing(pipeline_settings: Settings, tmp_path: Path) -> None:
     settings = pipeline_settings.replace(consumer_batch_size=50)
-    _seed(settings, 3000)
+    seed_month(settings, 3000)
     with workers(settings, tmp_path, "victim", "survivor") as (victim, survivor):
         wait_until(lambda: "assigned partitions" in victim.output(), 60, "the victim to join")
-        _produce(settings, "kill")
+        run_month_job(settings, "kill")
         wait_until(lambda: "batch 3:" in victim.output(), 60, "the victim to write batches")
         victim.stop(signal.SIGKILL)
-        _wait_written(settings, "kill")
+        wait_written(settings, "kill")
         assert survivor.process.poll() is None
     assert_correct_result(settings, settings.director_dsn, START, END, ALL)
 
@@ -147,13 +125,13 @@ def test_a_worker_joining_mid_job_takes_partitions_over_and_nothing_is_lost(
     # its intake: those must be dropped there and read again by the new owner, never skipped.
     # Small batches keep the first worker busy with the backlog until the second has joined.
     settings = pipeline_settings.replace(consumer_batch_size=10)
-    _seed(settings, 4000)
-    _produce(settings, "join")
+    seed_month(settings, 4000)
+    run_month_job(settings, "join")
     with workers(settings, tmp_path, "first") as (first,):
         wait_until(lambda: "batch 3:" in first.output(), 60, "the first to write batches")
         with workers(settings, tmp_path, "second") as (second,):
             wait_until(lambda: "] batch 1:" in second.output(), 90, "the second to write")
-            _wait_written(settings, "join")
+            wait_written(settings, "join")
         assert "gives up partitions" in first.output(), "no partition moved: no rebalance"
         assert first.process.poll() is None, first.output()
     assert_correct_result(settings, settings.director_dsn, START, END, ALL)
@@ -163,14 +141,14 @@ def test_a_shard_down_for_ten_seconds_delays_but_loses_nothing(
     pipeline_settings: Settings, services: Services, tmp_path: Path
 ) -> None:
     settings = pipeline_settings.replace(consumer_batch_size=50)
-    _seed(settings, 1500)
+    seed_month(settings, 1500)
     with workers(settings, tmp_path, "w1") as (w1,):
-        _produce(settings, "outage")
+        run_month_job(settings, "outage")
         wait_until(lambda: "batch 2:" in w1.output(), 60, "the first batches")
         services.stop_shard(1)
         time.sleep(10)
         services.start_shard(1)
-        _wait_written(settings, "outage")
+        wait_written(settings, "outage")
         assert w1.process.poll() is None, w1.output()
         assert "retry" in w1.output()
     assert_correct_result(settings, settings.director_dsn, START, END, ALL)
@@ -180,8 +158,8 @@ def test_poison_messages_go_to_the_dlq_and_the_rest_is_written(
     pipeline_settings: Settings, tmp_path: Path
 ) -> None:
     settings = pipeline_settings
-    _seed(settings, 300)
-    _produce(settings, "poison")
+    seed_month(settings, 300)
+    run_month_job(settings, "poison")
     producer = Producer(settings.kafka_client_config())
     poison = [b"{not json", json.dumps({"schema_version": 1, "job_id": "x"}).encode()]
     for value in poison:
@@ -190,7 +168,7 @@ def test_poison_messages_go_to_the_dlq_and_the_rest_is_written(
     port = stack.free_port()
     worker = start_worker(settings, "w1", tmp_path, REINDEX_METRICS_PORT=str(port))
     try:
-        _wait_written(settings, "poison")
+        wait_written(settings, "poison")
         wait_until(
             lambda: len(read_topic(settings, settings.dlq_topic)) >= 2, 60, "two DLQ messages"
         )
@@ -219,10 +197,10 @@ def test_past_the_retry_deadline_the_worker_stops_and_commits_nothing_unwritten(
     pipeline_settings: Settings, services: Services, tmp_path: Path
 ) -> None:
     settings = pipeline_settings.replace(consumer_batch_size=50, write_retry_deadline=3.0)
-    _seed(settings, 600)
+    seed_month(settings, 600)
     services.stop_shard(0)
     try:
-        _produce(settings, "deadline")
+        run_month_job(settings, "deadline")
         with workers(settings, tmp_path, "doomed") as (doomed,):
             assert doomed.process.wait(90) == 1, doomed.output()
         last_line = doomed.output().strip().splitlines()[-1]
@@ -233,7 +211,7 @@ def test_past_the_retry_deadline_the_worker_stops_and_commits_nothing_unwritten(
     finally:
         services.start_shard(0)
     with workers(settings, tmp_path, "rescuer"):
-        _wait_written(settings, "deadline")
+        wait_written(settings, "deadline")
     assert_correct_result(settings, settings.director_dsn, START, END, ALL)
 
 
@@ -241,8 +219,8 @@ def test_sigterm_finishes_and_commits_the_current_batch_then_leaves(
     pipeline_settings: Settings, tmp_path: Path
 ) -> None:
     settings = pipeline_settings.replace(consumer_batch_size=100)
-    _seed(settings, 2000)
-    _produce(settings, "drain")
+    seed_month(settings, 2000)
+    run_month_job(settings, "drain")
     with workers(settings, tmp_path, "leaver") as (leaver,):
         wait_until(lambda: "batch 2:" in leaver.output(), 60, "the leaver to write batches")
         leaver.process.send_signal(signal.SIGTERM)
@@ -258,5 +236,5 @@ def test_sigterm_finishes_and_commits_the_current_batch_then_leaves(
     assert 0 < written < 2000
     assert sum(max(o, 0) for o in committed.values()) == written
     with workers(settings, tmp_path, "finisher"):
-        _wait_written(settings, "drain")
+        wait_written(settings, "drain")
     assert_correct_result(settings, settings.director_dsn, START, END, ALL)

@@ -10,12 +10,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from fix_pipeline import reindex, wait_until, workers
+from fix_pipeline import (
+    BOTH_TYPES,
+    MONTH_END,
+    MONTH_START,
+    reindex,
+    seed_month,
+    wait_until,
+    workers,
+)
 from fix_services import settings_env
 
 from producer.job import JobOptions, run_job
@@ -28,17 +36,9 @@ from reindex_common.jobs import (
 )
 from reindex_common.kafka import ReliableProducer, ensure_topics, reindexer_topics
 from reindex_common.messages import ReindexRequest, scorecard_key
-from reindex_common.seed import SeedPlan, seed
 from reindex_common.settings import Settings
 
-START = datetime(2026, 1, 1, tzinfo=UTC)
-END = START + timedelta(days=30)
-ALL = ("PROCESS", "CONVERSATION")
-
-
-def _seed(settings: Settings, scorecards: int) -> None:
-    dsn = settings.director_dsn
-    seed(dsn, dsn, SeedPlan(scorecards, seed=7, start=START, days=30))
+START, END, ALL = MONTH_START, MONTH_END, BOTH_TYPES
 
 
 def _request(job_id: str, batch: int = 100) -> ReindexRequest:
@@ -74,7 +74,7 @@ def test_a_job_with_dead_letters_is_complete_but_not_clean(
     pipeline_settings: Settings, tmp_path: Path
 ) -> None:
     settings = pipeline_settings
-    _seed(settings, 300)
+    seed_month(settings, 300, seed_value=7)
     ensure_topics(settings, reindexer_topics(settings))
     poison: list[str] = []
 
@@ -156,7 +156,7 @@ def test_status_wait_right_after_request_waits_while_serve_is_busy_with_another_
     pipeline_settings: Settings, tmp_path: Path
 ) -> None:
     settings = pipeline_settings
-    _seed(settings, 400)
+    seed_month(settings, 400, seed_value=7)
     publish_request(settings, _request("busy", batch=50))  # serve takes this one first
     requested = reindex(
         settings,
@@ -246,7 +246,7 @@ def test_jobs_lists_every_job_newest_first_and_skips_other_records(
     pipeline_settings: Settings, tmp_path: Path
 ) -> None:
     settings = pipeline_settings
-    _seed(settings, 200)
+    seed_month(settings, 200, seed_value=7)
     ensure_topics(settings, reindexer_topics(settings))
     with workers(settings, tmp_path, "w1"):
         run_job(settings, _request("first"), JobOptions(show_progress=False))

@@ -6,45 +6,33 @@ from __future__ import annotations
 
 import re
 import signal
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 from fix_pipeline import (
+    BOTH_TYPES,
+    MONTH_END,
+    MONTH_START,
     Worker,
     assert_correct_result,
     insert_rows,
-    reindex,
+    run_month_job,
     score,
     scorecard,
     start_worker,
     template,
     wait_until,
+    wait_written,
     workers,
 )
 
-from producer.job import JobOptions, run_job
-from reindex_common.messages import ReindexRequest
 from reindex_common.seed import SeedPlan, seed
 from reindex_common.settings import Settings
 from reindex_common.written import committed_offsets
 
-START = datetime(2026, 1, 1, tzinfo=UTC)
-END = START + timedelta(days=30)
-ALL = ("PROCESS", "CONVERSATION")
+START, END, ALL = MONTH_START, MONTH_END, BOTH_TYPES
 PARTITIONS = 4
-
-
-def _produce(settings: Settings, job_id: str, *, clean_up: bool = False) -> None:
-    request = ReindexRequest(
-        job_id=job_id, start=START, end=END, scorecard_types=ALL, batch_size=200, clean_up=clean_up
-    )
-    run_job(settings, request, JobOptions(show_progress=False))
-
-
-def _wait_written(settings: Settings, job_id: str, timeout_s: int = 180) -> None:
-    result = reindex(settings, "status", job_id, "--wait", "--timeout", str(timeout_s))
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def _assert_all_committed(settings: Settings, messages: int) -> None:
@@ -70,7 +58,7 @@ def test_a_message_held_across_a_revoke_is_dropped_and_nothing_is_skipped(
     # moved past them and the job looked complete with them missing.
     settings = pipeline_settings.replace(consumer_batch_size=50)
     seed(settings.director_dsn, settings.director_dsn, SeedPlan(400, seed=7, start=START, days=30))
-    _produce(settings, "held")
+    run_month_job(settings, "held")
     hold_a, hold_b = tmp_path / "hold-a", tmp_path / "hold-b"
     hold_a.mkdir()
     hold_b.mkdir()
@@ -93,7 +81,7 @@ def test_a_message_held_across_a_revoke_is_dropped_and_nothing_is_skipped(
             f"committed before the release, the test proves nothing: {committed}"
         )
         (hold_a / "release").touch()
-        _wait_written(settings, "held")
+        wait_written(settings, "held")
         assert_correct_result(settings, settings.director_dsn, START, END, ALL)
         _assert_all_committed(settings, 400)
         assert re.search(r"dropped \d+ messages fetched before a rebalance", a.output())
@@ -125,7 +113,7 @@ def test_a_worker_paused_past_its_session_writes_nothing_after_losing_its_partit
         "historic.scorecard_scores",
         [score("c", "p", f"s{i}", f"k{k}", created) for i in range(30) for k in range(3)],
     )
-    _produce(settings, "old", clean_up=True)
+    run_month_job(settings, "old", clean_up=True)
     hold = tmp_path / "hold"
     hold.mkdir()
     a = start_worker(settings, "a", tmp_path, REINDEX_TEST_HOLD_WRITE=str(hold))
@@ -133,15 +121,15 @@ def test_a_worker_paused_past_its_session_writes_nothing_after_losing_its_partit
         wait_until(lambda: (hold / "held").exists(), 120, "a to hold its first statement")
         a.process.send_signal(signal.SIGSTOP)
         with workers(settings, tmp_path, "b"):
-            _wait_written(settings, "old")
+            wait_written(settings, "old")
             with psycopg.connect(dsn) as conn:
                 conn.execute("DELETE FROM historic.scorecard_scores WHERE criterion_id = 'k2'")
                 conn.execute(
                     "UPDATE director.scorecards SET score = 9, "
                     "updated_at = updated_at + interval '1 day'"
                 )
-            _produce(settings, "new", clean_up=True)
-            _wait_written(settings, "new")
+            run_month_job(settings, "new", clean_up=True)
+            wait_written(settings, "new")
             assert_correct_result(settings, dsn, START, END, ALL)  # b wrote the new state
 
             (hold / "release").touch()
