@@ -14,10 +14,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from fix_pipeline import start_worker
+from fix_pipeline import run_month_job, seed_month, start_worker, wait_written
 from fix_services import settings_env
 from prom_text import parse, total
-from test_consumer import _produce, _seed, _wait_written
 from test_producer import (
     MakeDb,
     MakeSettings,
@@ -46,12 +45,12 @@ def test_a_workers_metrics_count_rows_per_shard(
     pipeline_settings: Settings, tmp_path: Path
 ) -> None:
     settings = pipeline_settings
-    _seed(settings, 400)
-    _produce(settings, "metrics")
+    seed_month(settings, 400)
+    run_month_job(settings, "metrics")
     port = stack.free_port()
     worker = start_worker(settings, "w1", tmp_path, REINDEX_METRICS_PORT=str(port))
     try:
-        _wait_written(settings, "metrics")
+        wait_written(settings, "metrics")
         samples = parse(scrape(port))
         # Faust's own web views are not served on the metrics port.
         for path in ("/", "/router/", "/stats/"):
