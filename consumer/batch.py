@@ -1,10 +1,20 @@
-"""From a batch of raw Kafka messages to per-shard columns ready to insert.
+"""From a batch of raw Kafka messages to what each shard is sent.
 
-Each message is validated once (``parse_scorecard_message``, with the rules of
-``ScorecardMessage``); an invalid one becomes a :class:`Rejected` with its reason and origin (for
-the DLQ) and the rest of the batch goes on. When
-a scorecard appears twice in one batch (a producer that resumed republished it), the later offset
-wins, so one write carries one version of it.
+Two ways, the first tried first:
+
+* :func:`build_json` — the shards parse the messages (``consumer/json_insert.py``): the worker
+  only checks that each message is one JSON object (orjson, strict RFC 8259) with the top-level
+  fields of SPEC §4, reads the scorecard's ids (to route and deduplicate), its job, ``clean_up``
+  and its number of scores (to account), and sends each shard its messages' own bytes. It gives
+  up (returns None) on the first message that is not so, and the batch takes the second way;
+* :func:`build` — the Python path: each message is validated once (``parse_scorecard_message``,
+  with the rules of ``ScorecardMessage``) and turned into columns; an invalid one becomes a
+  :class:`Rejected` with its reason and origin (for the DLQ) and the rest of the batch goes on.
+  A shard that refuses a batch of the first way gets that shard's messages this way
+  (:meth:`ParsedBatch.replace_shard`).
+
+Either way, when a scorecard appears twice in one batch (a producer that resumed republished
+it), the later offset wins, so one write carries one version of it.
 """
 
 from __future__ import annotations
@@ -12,11 +22,12 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
+import orjson
 from pydantic import ValidationError
 
 from reindex_common import datetime64
@@ -66,33 +77,35 @@ class Rejected:
     job_id: str | None = None  # the job the message belongs to, when it could be read
 
 
+JobOffsets = dict[str, dict[int, list[int]]]  # job id -> partition -> offsets
+
+
 @dataclass
 class ShardBatch:
-    """Everything one batch writes to one shard, as columns in SPEC §3 order."""
+    """Everything one batch writes to one shard, and what it accounts for.
+
+    Either columns in SPEC §3 order (the Python path) or ``json_rows``, the messages' own JSON
+    for the shard to parse, with ``raws`` kept for the Python path should the shard refuse them.
+    """
 
     shard: int
     clean_up_keys: list[tuple[str, str, str]]
-    scorecards: list[list[Any]]  # SCORECARD_COLUMNS
+    scorecards: list[list[Any]]  # SCORECARD_COLUMNS (empty lists with json_rows)
     scores: list[list[Any]]  # SCORE_COLUMNS
-
-    @property
-    def scorecard_count(self) -> int:
-        return len(self.scorecards[0])
-
-    @property
-    def score_count(self) -> int:
-        return len(self.scores[0])
+    scorecard_count: int
+    score_count: int
+    # job id -> partition -> offsets of the job's messages routed here (superseded copies too)
+    job_offsets: JobOffsets
+    job_counts: dict[str, tuple[int, int]]  # job id -> (scorecards, scores) written here
+    json_rows: bytes | None = None
+    raws: list[KafkaRecord] = field(default_factory=list)
+    duplicates: int = 0
 
 
 @dataclass
 class ParsedBatch:
     shards: dict[int, ShardBatch]
-    rejected: list[Rejected]
-    # job id -> partition -> offsets of that job's messages accepted in this batch
-    job_offsets: dict[str, dict[int, list[int]]]
-    job_counts: dict[str, tuple[int, int]]  # job id -> (scorecards, scores)
-    job_shards: dict[str, dict[int, int]]  # job id -> shard -> scorecards
-    duplicates: int = 0
+    rejected: list[Rejected]  # to the DLQ
 
     @property
     def scorecard_count(self) -> int:
@@ -101,6 +114,46 @@ class ParsedBatch:
     @property
     def score_count(self) -> int:
         return sum(b.score_count for b in self.shards.values())
+
+    @property
+    def duplicates(self) -> int:
+        return sum(b.duplicates for b in self.shards.values())
+
+    @property
+    def job_offsets(self) -> JobOffsets:
+        """Job id -> partition -> offsets of that job's messages accepted in this batch."""
+        merged: JobOffsets = defaultdict(lambda: defaultdict(list))
+        for batch in self.shards.values():
+            for job, partitions in batch.job_offsets.items():
+                for partition, offsets in partitions.items():
+                    merged[job][partition] += offsets
+        return {j: {p: sorted(o) for p, o in ps.items()} for j, ps in merged.items()}
+
+    @property
+    def job_counts(self) -> dict[str, tuple[int, int]]:
+        """Job id -> (scorecards, scores) written by this batch."""
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for batch in self.shards.values():
+            for job, (cards, scores) in batch.job_counts.items():
+                counts[job][0] += cards
+                counts[job][1] += scores
+        return {j: (c[0], c[1]) for j, c in counts.items()}
+
+    @property
+    def job_shards(self) -> dict[str, dict[int, int]]:
+        """Job id -> shard -> scorecards written there by this batch."""
+        per_job: dict[str, dict[int, int]] = defaultdict(dict)
+        for batch in self.shards.values():
+            for job, (cards, _) in batch.job_counts.items():
+                if cards:
+                    per_job[job][batch.shard] = cards
+        return dict(per_job)
+
+    def replace_shard(self, shard: int, python_path: ParsedBatch) -> None:
+        """Put the Python path's result for one shard's messages in place of that shard's."""
+        del self.shards[shard]
+        self.shards.update(python_path.shards)
+        self.rejected += python_path.rejected
 
 
 def _job_id(message: Any) -> str | None:
@@ -169,7 +222,9 @@ def _repeated(values: list[T], counts: list[int]) -> list[T]:
     return out
 
 
-def _columns(shard: int, messages: list[ScorecardMessageDict]) -> ShardBatch:
+def _columns(
+    shard: int, messages: list[ScorecardMessageDict], job_offsets: JobOffsets, duplicates: int
+) -> ShardBatch:
     """One shard's columns, built a column at a time (far fewer bytecodes than row by row)."""
     cards = [m["scorecard"] for m in messages]
     jobs = [m["job_id"] for m in messages]
@@ -222,42 +277,138 @@ def _columns(shard: int, messages: list[ScorecardMessageDict]) -> ShardBatch:
         for m, c in zip(messages, cards, strict=True)
         if m["clean_up"]
     ]
-    return ShardBatch(shard, clean_up_keys, scorecard_columns, score_columns)
+    job_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for job, count in zip(jobs, counts, strict=True):
+        job_counts[job][0] += 1
+        job_counts[job][1] += count
+    return ShardBatch(
+        shard,
+        clean_up_keys,
+        scorecard_columns,
+        score_columns,
+        scorecard_count=len(messages),
+        score_count=len(scores),
+        job_offsets=job_offsets,
+        job_counts={j: (c[0], c[1]) for j, c in job_counts.items()},
+        duplicates=duplicates,
+    )
 
 
 def build(raws: Iterable[KafkaRecord], shard_count: int) -> ParsedBatch:
     """Validate, deduplicate and route a batch; columns per shard, rejects for the DLQ."""
     rejected: list[Rejected] = []
     latest: dict[tuple[str, str, str], ScorecardMessageDict] = {}
-    job_offsets: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-    seen = 0
+    # shard -> job -> partition -> offsets. A superseded copy counts as handled: its scorecard
+    # is written (as the later copy), and all copies of a scorecard go to one shard.
+    job_offsets: dict[int, JobOffsets] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    seen: dict[int, int] = defaultdict(int)
     for raw in raws:
         parsed = parse(raw)
         if isinstance(parsed, Rejected):
             rejected.append(parsed)
             continue
-        seen += 1
         s = parsed["scorecard"]
+        shard = shard_for(s["customer_id"], shard_count)
+        seen[shard] += 1
         latest[(s["customer_id"], s["profile_id"], s["scorecard_id"])] = parsed  # later wins
-        # A superseded copy counts as handled: its scorecard is written (as the later copy).
-        job_offsets[parsed["job_id"]][raw.partition].append(raw.offset)
+        job_offsets[shard][parsed["job_id"]][raw.partition].append(raw.offset)
 
     routed: dict[int, list[ScorecardMessageDict]] = defaultdict(list)
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    per_shard: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for (customer_id, _, _), msg in latest.items():
-        shard = shard_for(customer_id, shard_count)
-        routed[shard].append(msg)
-        job = msg["job_id"]
-        counts[job][0] += 1
-        counts[job][1] += len(msg["scores"])
-        per_shard[job][shard] += 1
-    shards = {shard: _columns(shard, msgs) for shard, msgs in routed.items()}
+        routed[shard_for(customer_id, shard_count)].append(msg)
+    shards = {
+        shard: _columns(
+            shard,
+            msgs,
+            {j: dict(p) for j, p in job_offsets[shard].items()},
+            duplicates=seen[shard] - len(msgs),
+        )
+        for shard, msgs in routed.items()
+    }
+    return ParsedBatch(shards=shards, rejected=rejected)
+
+
+# --- the shards parse: the worker's few checks ----------------------------------------------
+
+_TOP_LEVEL = frozenset(
+    ("schema_version", "job_id", "clean_up", "reindexed_at", "scorecard", "scores")
+)
+_REQUIRED = _TOP_LEVEL - {"schema_version"}
+
+
+def _routable(message: Any) -> bool:
+    """True when ``message`` has SPEC §4's top level and the types the worker reads.
+
+    The shard checks everything else (``consumer/json_insert.py``); the top level is checked
+    here because the shard would fill a missing top-level field with a default.
+    """
+    if type(message) is not dict or not (_REQUIRED <= message.keys() <= _TOP_LEVEL):
+        return False
+    version = message.get("schema_version", 1)
+    card = message["scorecard"]
+    return (
+        type(version) is int
+        and version == 1
+        and type(message["job_id"]) is str
+        and type(message["clean_up"]) is bool
+        and type(message["scores"]) is list
+        and type(card) is dict
+        and type(card.get("customer_id")) is str
+        and type(card.get("profile_id")) is str
+        and type(card.get("scorecard_id")) is str
+    )
+
+
+def build_json(raws: Sequence[KafkaRecord], shard_count: int) -> ParsedBatch | None:
+    """Route and deduplicate a batch for the shards to parse; None if a message is not fit.
+
+    A message is fit when it is one strict JSON object (orjson refuses NaN and Infinity, so a
+    message carrying one takes the Python path too) with the top level of SPEC §4.
+    """
+    routed: dict[int, list[tuple[KafkaRecord, dict[str, Any]]]] = defaultdict(list)
+    for raw in raws:
+        if not raw.value:
+            return None
+        try:
+            message = orjson.loads(raw.value)
+        except orjson.JSONDecodeError:
+            return None
+        if not _routable(message):
+            return None
+        routed[shard_for(message["scorecard"]["customer_id"], shard_count)].append((raw, message))
     return ParsedBatch(
-        shards=shards,
-        rejected=rejected,
+        shards={shard: _json_shard(shard, items) for shard, items in routed.items()},
+        rejected=[],
+    )
+
+
+def _json_shard(shard: int, items: list[tuple[KafkaRecord, dict[str, Any]]]) -> ShardBatch:
+    latest: dict[tuple[str, str, str], tuple[KafkaRecord, dict[str, Any]]] = {}
+    job_offsets: JobOffsets = defaultdict(lambda: defaultdict(list))
+    for raw, message in items:
+        card = message["scorecard"]
+        latest[(card["customer_id"], card["profile_id"], card["scorecard_id"])] = (raw, message)
+        job_offsets[message["job_id"]][raw.partition].append(raw.offset)
+    job_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    clean_up_keys = []
+    scores = 0
+    for key, (_, message) in latest.items():
+        count = len(message["scores"])
+        scores += count
+        job_counts[message["job_id"]][0] += 1
+        job_counts[message["job_id"]][1] += count
+        if message["clean_up"]:
+            clean_up_keys.append(key)
+    return ShardBatch(
+        shard,
+        clean_up_keys,
+        scorecards=[[] for _ in range(16)],
+        scores=[[] for _ in range(15)],
+        scorecard_count=len(latest),
+        score_count=scores,
         job_offsets={j: dict(p) for j, p in job_offsets.items()},
-        job_counts={j: (c[0], c[1]) for j, c in counts.items()},
-        job_shards={j: dict(s) for j, s in per_shard.items()},
-        duplicates=seen - len(latest),
+        job_counts={j: (c[0], c[1]) for j, c in job_counts.items()},
+        json_rows=b"\n".join(raw.value or b"" for raw, _ in latest.values()),
+        raws=[raw for raw, _ in items],
+        duplicates=len(items) - len(latest),
     )

@@ -1,10 +1,13 @@
 """Processing one batch: validate, DLQ, write every shard, record what was written.
 
 Two stages, each run in a thread (the Faust event loop keeps heartbeating meanwhile):
-:meth:`BatchProcessor.parse` (validate and route: CPU) and :meth:`BatchProcessor.write` (DLQ,
-shard writes, written records: mostly waiting on the shards). The agent parses the next batch
-while this one writes, writes batches one at a time in order, and acks a batch's events only
-after its ``write`` returned; see ``consumer/app.py`` for the commit order.
+:meth:`BatchProcessor.parse` (route, and validate only when the shards cannot: CPU) and
+:meth:`BatchProcessor.write` (DLQ, shard writes, written records: mostly waiting on the shards).
+A batch goes to the shards as the messages' own JSON when every message is fit for it
+(``consumer.batch.build_json``); a shard that refuses its part gets that part again through the
+Python path (validation, exactly the bad messages to the DLQ, the rest inserted as columns).
+The agent parses the next batch while this one writes, writes batches one at a time in order,
+and acks a batch's events only after its ``write`` returned (``consumer/app.py``: commit order).
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from consumer.accounting import job_records
-from consumer.batch import KafkaRecord, ParsedBatch, build
+from consumer.batch import KafkaRecord, ParsedBatch, Rejected, ShardBatch, build, build_json
 from consumer.metrics import Metrics
 from consumer.ownership import Fence, no_fence
-from consumer.writer import ShardWriter
+from consumer.writer import JsonRefused, ShardWriter
 from reindex_common.kafka import ReliableProducer
 from reindex_common.messages import dlq_message, dump
 from reindex_common.settings import Settings
@@ -73,8 +76,55 @@ class BatchProcessor:
         self.producer.flush(30)
 
     def parse(self, raws: Sequence[KafkaRecord]) -> ParsedBatch:
-        """Stage 1: validate and route (CPU only; may run while the previous batch writes)."""
-        return build(raws, len(self.settings.shards))
+        """Stage 1: route, validating only what the shards will not (CPU only; may run while
+        the previous batch writes)."""
+        shards = len(self.settings.shards)
+        if self.settings.consumer_shards_parse:
+            for_shards = build_json(raws, shards)
+            if for_shards is not None:
+                return for_shards
+        return build(raws, shards)
+
+    def _send_to_dlq(self, rejected: list[Rejected], fence: Fence) -> None:
+        for reject in rejected:
+            raw = reject.raw
+            log.warning(
+                "to the DLQ: %s[%d]@%d: %s", raw.topic, raw.partition, raw.offset, reject.reason
+            )
+            envelope = dlq_message(
+                reason=reject.reason,
+                service=f"consumer:{self.worker_id}",
+                topic=raw.topic,
+                partition=raw.partition,
+                offset=raw.offset,
+                key=raw.key,
+                value=raw.value,
+                job_id=reject.job_id,
+            )
+            envelope = bound_envelope(envelope, self.settings.max_message_bytes, raw.key)
+            fence()
+            self.producer.send(self.settings.dlq_topic, dump(envelope), key=raw.key)
+
+    def _write_shard(
+        self, number: int, shard_batch: ShardBatch, deadline: float, fence: Fence
+    ) -> ParsedBatch | None:
+        """Write one shard's part; the Python path's result if the shard refused its JSON."""
+        try:
+            self.writer.write(number, shard_batch, deadline, fence)
+            return None
+        except JsonRefused as refused:
+            log.warning(
+                "shard %d refused batch %d as JSON (%s); its %d messages take the Python path",
+                shard_batch.shard,
+                number,
+                str(refused)[:300],
+                len(shard_batch.raws),
+            )
+        python_path = build(shard_batch.raws, len(self.settings.shards))
+        self._send_to_dlq(python_path.rejected, fence)
+        for columns in python_path.shards.values():  # this shard's, since they all route here
+            self.writer.write(number, columns, deadline, fence)
+        return python_path
 
     def write(
         self,
@@ -91,32 +141,17 @@ class BatchProcessor:
         self.batch_number += 1
         deadline = began + self.settings.write_retry_deadline
 
-        for rejected in parsed.rejected:
-            raw = rejected.raw
-            log.warning(
-                "to the DLQ: %s[%d]@%d: %s", raw.topic, raw.partition, raw.offset, rejected.reason
-            )
-            envelope = dlq_message(
-                reason=rejected.reason,
-                service=f"consumer:{self.worker_id}",
-                topic=raw.topic,
-                partition=raw.partition,
-                offset=raw.offset,
-                key=raw.key,
-                value=raw.value,
-                job_id=rejected.job_id,
-            )
-            envelope = bound_envelope(envelope, self.settings.max_message_bytes, raw.key)
-            fence()
-            self.producer.send(self.settings.dlq_topic, dump(envelope), key=raw.key)
-
-        futures = [
-            self.pool.submit(self.writer.write, self.batch_number, shard_batch, deadline, fence)
-            for shard_batch in parsed.shards.values()
-        ]
-        wait(futures)  # every shard's statements are over before this batch may be given up
-        for future in futures:
-            future.result()  # re-raises the first shard's failure
+        self._send_to_dlq(parsed.rejected, fence)
+        number = self.batch_number
+        futures = {
+            shard: self.pool.submit(self._write_shard, number, shard_batch, deadline, fence)
+            for shard, shard_batch in parsed.shards.items()
+        }
+        wait(futures.values())  # every shard's statements are over before the batch may be given up
+        for shard, future in futures.items():
+            python_path = future.result()  # re-raises the first shard's failure
+            if python_path is not None:
+                parsed.replace_shard(shard, python_path)
         written_at = time.monotonic()
 
         fence()

@@ -5,8 +5,14 @@ For one shard the statements run in this order, each retried on its own until it
 1. with clean-up, one query for which of the batch's clean-up scorecards the shard holds any row
    of, then — only if it holds some — one lightweight ``DELETE`` per table for those scorecards
    (a DELETE is a mutation, costly on a busy table; a shard being rebuilt holds nothing);
-2. one columnar ``INSERT`` into ``scorecards``;
-3. one columnar ``INSERT`` into ``scorecard_scores``.
+2. one ``INSERT`` into ``scorecards``;
+3. one ``INSERT`` into ``scorecard_scores``.
+
+The inserts carry either columns (Native format) or, when the batch was built for the shards to
+parse (``ShardBatch.json_rows``), the messages' own JSON under the statements of
+``consumer/json_insert.py``. A shard that refuses such a batch (a non-retryable error of the
+``scorecards`` statement, which checks every message and writes nothing when it refuses) raises
+:class:`JsonRefused`; the caller then takes the Python path for that shard's messages.
 
 A failed statement is retried, never the ones before it: re-running a DELETE after its INSERT
 would delete what the INSERT wrote. Each INSERT carries an ``insert_deduplication_token`` that is
@@ -36,11 +42,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
+import lz4.frame
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from consumer.batch import ShardBatch
 from consumer.hooks import hooks
+from consumer.json_insert import SCORECARDS_SQL, SCORES_SQL
+from consumer.json_insert import SETTINGS as JSON_SETTINGS
 from consumer.ownership import Fence, no_fence
 from reindex_common.clickhouse import connect_shard, wrap_error
 from reindex_common.errors import ShardWriteError
@@ -66,6 +75,14 @@ def _import_lazy_modules() -> None:
     from clickhouse_connect.driver import options  # noqa: PLC0415
 
     _ = options.pd
+
+
+class JsonRefused(Exception):
+    """A shard refused a batch of messages' JSON; nothing of that statement was written."""
+
+    def __init__(self, error: ShardWriteError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _sleep_fenced(seconds: float, fence: Fence) -> None:
@@ -169,6 +186,9 @@ class ShardWriter:
             for table in ("scorecard_scores", "scorecards"):
                 delete = partial(self._delete, table=table, keys=keys)
                 self._retrying(shard, f"delete from {table}", deadline, delete, fence)
+        if batch.json_rows is not None:
+            self._write_json(batch_number, batch, batch.json_rows, deadline, fence)
+            return
         for table, columns, types, data in (
             ("scorecards", SCORECARD_COLUMNS, SCORECARD_TYPES, batch.scorecards),
             ("scorecard_scores", SCORE_COLUMNS, SCORE_TYPES, batch.scores),
@@ -180,6 +200,40 @@ class ShardWriter:
                 self._insert, table=table, columns=columns, types=types, data=data, token=token
             )
             self._retrying(shard, f"insert into {table}", deadline, insert, fence)
+
+    def _write_json(
+        self, batch_number: int, batch: ShardBatch, rows: bytes, deadline: float, fence: Fence
+    ) -> None:
+        shard = self._settings.shards[batch.shard]
+        for table, sql, count in (
+            ("scorecards", SCORECARDS_SQL, batch.scorecard_count),
+            ("scorecard_scores", SCORES_SQL, batch.score_count),
+        ):
+            if not count:
+                continue
+            # Not the Native inserts' token: should the shard refuse, the Python path's inserts
+            # of this batch must not be dropped as duplicates of a statement that wrote nothing.
+            token = f"{self._nonce}-{batch_number}-{batch.shard}-{table}-json"
+            body = lz4.frame.compress(sql.encode() + b"\n" + rows)
+            insert = partial(self._insert_json, shard=shard, table=table, body=body, token=token)
+            self._retrying(shard, f"insert into {table}", deadline, insert, fence)
+
+    @staticmethod
+    def _insert_json(
+        client: Client, shard: ShardEndpoint, table: str, body: bytes, token: str
+    ) -> None:
+        try:
+            client.raw_insert(
+                "",  # no table: the statement leads the body (INSERT ... FROM input() FORMAT ...)
+                insert_block=body,
+                settings={**JSON_SETTINGS, "insert_deduplication_token": token},
+                compression="lz4",
+            )
+        except ClickHouseError as e:
+            error = wrap_error(e, shard, f"insert into {table}")
+            if error.retryable:
+                raise
+            raise JsonRefused(error) from e
 
     @staticmethod
     def _held(client: Client, keys: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

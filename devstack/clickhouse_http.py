@@ -70,6 +70,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -159,6 +160,8 @@ _ENGINE_CODE = re.compile(r"Code: (\d+)\. ")
 _TRAILING_FORMAT = re.compile(
     rb"\bFORMAT\s+([A-Za-z0-9_]+)\s*(?:\bSETTINGS\b[^;]*)?;?\s*\Z", re.IGNORECASE
 )
+# input('structure'): the one table function whose data is the request's body.
+_INPUT_CALL = re.compile(r"\binput\s*\(\s*('(?:[^'\\]|\\.|'')*')\s*\)", re.IGNORECASE)
 _VERSION_TRAILER = re.compile(r"\(version [^()]*(?:\([^()]*\))?\)\s*\Z")
 _WORD_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
 _SPACE = frozenset(b" \t\r\n\f\v")
@@ -250,6 +253,7 @@ class Engine:
 
     def __init__(self, data_dir: str) -> None:
         os.makedirs(data_dir, exist_ok=True)
+        self._spool_dir = os.path.join(data_dir, "input-spool")  # INSERT ... FROM input()
         self._session = _open_session(data_dir)
         self._lock = threading.Lock()
         self._closing = False
@@ -348,6 +352,51 @@ class Engine:
                 written_bytes=res.bytes_written,
                 elapsed_ns=int(res.elapsed * 1e9),
             )
+
+    def insert_select(
+        self, head: bytes, fmt: str, data: Iterator[bytes], ctx: QueryContext
+    ) -> Outcome:
+        """Run ``INSERT ... SELECT ... FROM input('structure')`` over ``data`` (in ``fmt``).
+
+        chdb's streaming insert takes no ``SELECT``, so the data is spooled to a file in this
+        engine's directory and ``input('structure')`` becomes ``file(spool, fmt, 'structure')``
+        (the statement was checked before the rewrite; ``file`` is the front's, not the
+        client's). The result is the server's: the rows the SELECT gives, with its errors.
+        """
+        sql = head.decode("utf-8", errors="strict").rstrip()
+        calls = list(_INPUT_CALL.finditer(sql))
+        tokens = sql_guard.tokenize(sql)
+        called = sum(
+            1
+            for t, after in itertools.pairwise(tokens)
+            if t.kind == "word" and t.text.lower() == "input" and after.text == "("
+        )
+        if len(calls) != 1 or called != 1:
+            raise ClickHouseError.of(
+                NOT_IMPLEMENTED,
+                "the dev stack takes INSERT ... SELECT with data only from one "
+                "input('structure') call",
+            )
+        os.makedirs(self._spool_dir, exist_ok=True)
+        fd, path = tempfile.mkstemp(dir=self._spool_dir, suffix=".input")
+        try:
+            with os.fdopen(fd, "wb") as spool:
+                for chunk in data:
+                    if self._closing:
+                        raise ClickHouseError.of(ABORTED, "the server is shutting down")
+                    spool.write(chunk)
+            call = calls[0]
+            source = f"file({quote_string(path)}, {quote_string(fmt)}, {call.group(1)})"
+            rewritten = sql[: call.start()] + source + sql[call.end() :]
+            outcome = self.query(rewritten.encode(), "TabSeparated", ctx)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return Outcome(
+            written_rows=outcome.written_rows,
+            written_bytes=outcome.written_bytes,
+            elapsed_ns=outcome.elapsed_ns,
+        )
 
 
 # --- reading the request body --------------------------------------------------------------
@@ -518,6 +567,7 @@ class InsertSplit:
     head_end: int  # the statement is buf[:head_end], without FORMAT
     fmt: str
     data_start: int
+    select: bool = False  # INSERT ... SELECT ... FROM input(...) FORMAT name: data for input()
 
 
 class _More(enum.Enum):
@@ -572,7 +622,8 @@ def split_insert(buf: bytes, complete: bool) -> InsertSplit | _More | None:
     """Find where an INSERT's data starts, as the server's parser does.
 
     Returns an InsertSplit for ``INSERT ... FORMAT name`` (data after the newline that follows
-    the name) or ``INSERT ... VALUES`` (data after the keyword), None if the text is not an
+    the name), ``INSERT ... VALUES`` (data after the keyword) or ``INSERT ... SELECT ... FORMAT
+    name`` (data for the ``input()`` table function, ``select`` set), None if the text is not an
     INSERT carrying data (the whole text is then the query), or NEED_MORE if ``buf`` ends before
     that can be told and more of the body may follow (``complete`` is False).
     """
@@ -581,11 +632,12 @@ def split_insert(buf: bytes, complete: bool) -> InsertSplit | _More | None:
     pos = 0
     depth = 0
     first = True
+    select = False  # past the SELECT of an INSERT ... SELECT
     name_next = False  # the next word names a table or function, so it is no keyword
     while True:
         pos = _skip_space(buf, pos)
         if pos < 0 or pos >= n:
-            return more
+            return None if select and complete else more
         c = buf[pos]
         if c in _WORD_CHARS:
             end = pos
@@ -599,12 +651,17 @@ def split_insert(buf: bytes, complete: bool) -> InsertSplit | _More | None:
                     return None
                 first = False
             elif depth == 0 and not name_next:
-                if word in (b"SELECT", b"WITH", b"INFILE"):
-                    return None  # INSERT ... SELECT or FROM INFILE: no data in the body
-                if word == b"VALUES":
+                if word == b"INFILE":
+                    return None  # FROM INFILE: no data in the body
+                if word in (b"SELECT", b"WITH"):
+                    select = True  # data follows only if a FORMAT clause ends the statement
+                elif word == b"VALUES" and not select:
                     return InsertSplit(pos, "Values", end)
-                if word == b"FORMAT":
-                    return _split_after_format(buf, pos, end, complete)
+                elif word == b"FORMAT":
+                    split = _split_after_format(buf, pos, end, complete)
+                    if isinstance(split, InsertSplit):
+                        split.select = select
+                    return split
             name_next = word in (b"INTO", b"TABLE", b"FUNCTION")
             pos = end
             continue
@@ -921,6 +978,8 @@ class Handler(BaseHTTPRequestHandler):
             self._what = _snippet(head)
             _guard(head)
             request.ctx.settings.extend(INSERT_SETTINGS)
+            if split.select:
+                return None, engine.insert_select(head, split.fmt, data(), request.ctx)
             return None, engine.insert(head, split.fmt, data(), request.ctx)
         limit = self.server.guard.max_query_bytes
         for chunk in itertools.chain([b""], chunks):

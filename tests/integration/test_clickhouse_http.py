@@ -620,3 +620,31 @@ def test_listens_on_loopback_only_unless_told(tmp_path: Path) -> None:
     )
     assert no_password.returncode == 2
     assert "CLICKHOUSE_HTTP_PASSWORD" in no_password.stderr
+
+
+def test_insert_select_from_input(server: ServerProcess, client: Client) -> None:
+    """``INSERT … SELECT … FROM input('structure') FORMAT f`` with the data after the statement
+    (in the body, or the statement in the URL), as a server takes it; errors are the engine's."""
+    client.command("CREATE TABLE t_input (a UInt32, s String) ENGINE = MergeTree ORDER BY a")
+    sql = (
+        f"INSERT INTO {DB}.t_input SELECT n * 2, upper(w) "
+        "FROM input('n UInt32, w String') WHERE n > 0 FORMAT JSONEachRow"
+    )
+    rows = b'{"n":0,"w":"w0"}\n{"n":1,"w":"w1"}\n{"n":2,"w":"w2"}\n'
+    _, headers = server.post(sql.encode() + b"\n" + rows)
+    assert json.loads(headers["X-ClickHouse-Summary"])["written_rows"] == "2"
+    server.post(b'{"n":10,"w":"url"}\n', query=sql)
+    found = client.query(f"SELECT a, s FROM {DB}.t_input ORDER BY a").result_rows
+    assert found == [(2, "W1"), (4, "W2"), (20, "URL")]
+
+    status, text = _refused(lambda: server.post(sql.encode() + b'\n{"n":"x","w":1}\n'))
+    assert status == 500
+    assert "Code: " in text
+    status, text = _refused(
+        lambda: server.post(f"INSERT INTO {DB}.t_input SELECT 1, 'a' FORMAT TSV\n1\n".encode())
+    )
+    assert status == 500
+    assert "input('structure')" in text
+    assert client.query(f"SELECT count() FROM {DB}.t_input").result_rows == [(3,)]
+    # Nothing is left of the spooled data.
+    assert not any((server.data_dir / "input-spool").iterdir())
