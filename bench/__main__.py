@@ -3,12 +3,14 @@
     python -m bench [--scorecards 50000] [--mean-scores 10] [--runs baseline,producer,...]
 
 It starts its own embedded stack (free ports, ``.devstack-bench/``), seeds one dataset into the
-Postgres database ``reindex_bench``, and measures, on that data and that stack, one after the
-other: the original design's algorithm (``baseline``), the producer alone (``producer``), one
-consumer worker draining the topic the producer filled (``consumers1``), the whole pipeline with
-one and with two workers (``pipeline1``, ``pipeline2``), and ClickHouse copying straight from
-Postgres (``engine``). Each run writes into a fresh ClickHouse database. It prints scorecards/s,
-score rows/s and each process's peak memory, then the ratios the targets are stated in.
+Postgres database ``reindex_bench_<pid>`` (dropped at the end), and measures, on that data and
+that stack, one after the other: the original design's algorithm (``baseline``), the producer
+alone (``producer``), one consumer worker draining the topic the producer filled
+(``consumers1``), the whole pipeline with one and with two workers (``pipeline1``,
+``pipeline2``), and ClickHouse copying straight from Postgres (``engine``); the consumer runs
+also with the shards parsing the messages (``consumers1-json``, ``pipeline2-json`` …). Each run
+writes into a fresh ClickHouse database. It prints scorecards/s, score rows/s and each process's
+peak memory, CPU per scorecard, then the ratios the targets are stated in.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from reindex_common.settings import Settings, load_settings
 
 TYPES = ["PROCESS", "CONVERSATION"]
 RUNS = ("baseline", "producer", "consumers1", "pipeline1", "pipeline2", "engine")
+# Each consumer run also exists as "<run>-json": the shards parse the messages' JSON
+# (REINDEX_CONSUMER_SHARDS_PARSE=true), for a side-by-side comparison.
+JSON = "-json"
 
 
 @dataclass
@@ -248,11 +253,21 @@ class Bench:
             cpu_s=spent,
         )
 
-    def consumers(self, count: int) -> Result:
+    def consumers(self, count: int, json: bool = False) -> Result:
         settings = getattr(self, "_producer_settings", None)
         if settings is None:
             self.producer()
             settings = self._producer_settings
+        if json or getattr(self, "_drained", False):
+            # The topic is drained again by a group of its own, into a database of its own.
+            database = self.fresh(f"drain{count}{'_json' if json else ''}")
+            self.counter += 1
+            settings = settings.replace(
+                clickhouse_database=database.clickhouse_database,
+                consumer_group=f"bench-drain-{self.counter}-{os.getpid()}",
+                consumer_shards_parse=json,
+            )
+        self._drained = True
         cards, scores = self.cards, self.scores
         began = time.monotonic()
         workers = self.start_workers(settings, count, f"drain{count}")
@@ -267,7 +282,7 @@ class Bench:
             w.stop()
         spent = {"workers": sum(w.cpu_s for w in workers) - workers_before} | services
         return Result(
-            f"{count} consumer(s) draining a filled topic",
+            f"{count} consumer(s) draining a filled topic" + (" (shards parse)" if json else ""),
             seconds,
             cards,
             scores,
@@ -276,8 +291,9 @@ class Bench:
             cpu_s=spent,
         )
 
-    def pipeline(self, count: int) -> Result:
-        settings = self.fresh(f"pipeline{count}")
+    def pipeline(self, count: int, json: bool = False) -> Result:
+        settings = self.fresh(f"pipeline{count}{'_json' if json else ''}")
+        settings = settings.replace(consumer_shards_parse=json)
         cards, scores = self.cards, self.scores
         workers = self.start_workers(settings, count, f"pipe{count}")
         workers_before = sum(w.cpu_so_far() for w in workers)
@@ -299,7 +315,7 @@ class Bench:
         } | services
         steps = job_timeline(began_wall, complete_wall, p.log, [w.log for w in workers])
         return Result(
-            f"pipeline, {count} worker(s)",
+            f"pipeline, {count} worker(s)" + (" (shards parse)" if json else ""),
             seconds,
             cards,
             scores,
@@ -336,7 +352,7 @@ def _report(results: dict[str, Result], say: Callable[[str], None]) -> None:
             say(f"\ntime line of the job, {r.name} (seconds since `reindex produce` started):")
             say(describe(r.timeline))
     base, limit = results.get("baseline"), results.get("engine")
-    for key in ("pipeline1", "pipeline2"):
+    for key in ("pipeline1", "pipeline2", "pipeline1-json", "pipeline2-json"):
         run = results.get(key)
         if run is None:
             continue
@@ -368,7 +384,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--scorecards", type=int, default=50_000)
     parser.add_argument("--mean-scores", type=int, default=10)
-    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated: {RUNS}")
+    parser.add_argument(
+        "--runs",
+        default=",".join(RUNS),
+        help=f"comma-separated: {RUNS}, and consumers1, pipeline1, pipeline2 with {JSON}",
+    )
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     args = parser.parse_args()
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -387,11 +407,13 @@ def main() -> int:
     )
     logs = root / "bench-logs"
     logs.mkdir(parents=True, exist_ok=True)
+    # Postgres is shared by every checkout on the machine: one source database per run.
+    source_db = f"reindex_bench_{os.getpid()}"
     try:
         with psycopg.connect(state.pg_dsn, autocommit=True) as conn:
-            conn.execute('DROP DATABASE IF EXISTS "reindex_bench" WITH (FORCE)')
-            conn.execute('CREATE DATABASE "reindex_bench"')
-        dsn = state.pg_dsn.rsplit("/", 1)[0] + "/reindex_bench"
+            conn.execute(f'DROP DATABASE IF EXISTS "{source_db}" WITH (FORCE)'.encode())
+            conn.execute(f'CREATE DATABASE "{source_db}"'.encode())
+        dsn = state.pg_dsn.rsplit("/", 1)[0] + f"/{source_db}"
         settings = base.replace(
             pg_dsn=dsn,
             historic_pg_dsn=None,
@@ -421,6 +443,9 @@ def main() -> int:
             "pipeline1": lambda: bench.pipeline(1),
             "pipeline2": lambda: bench.pipeline(2),
             "engine": bench.engine,
+            "consumers1-json": lambda: bench.consumers(1, json=True),
+            "pipeline1-json": lambda: bench.pipeline(1, json=True),
+            "pipeline2-json": lambda: bench.pipeline(2, json=True),
         }
         for name in runs:
             if name not in steps:
@@ -439,6 +464,8 @@ def main() -> int:
     finally:
         if not args.keep:
             stack.down(root)
+            with psycopg.connect(state.pg_dsn, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{source_db}" WITH (FORCE)'.encode())
     return 0
 
 

@@ -10,8 +10,8 @@ The shard parses strictly, so that it writes exactly what the Python path
 * nested objects must carry every field and no other (named tuples, no defaults, no unknown
   keys), ``null`` only where the column is Nullable, no number read as a string or a bool as a
   number; the top level is checked by the worker before sending (:func:`consumer.batch.build`);
-* a time must be ISO 8601 in UTC (``Z`` or ``+00:00``) with at most six fractional digits, and
-  it must read back to exactly its text (no day 31 of February, no clamping at the type's ends);
+* a time must be ISO 8601 in UTC (``Z`` or ``+00:00``) with every field in its range and at most
+  six fractional digits, and a date that exists (no day 30 of February, no hour 24);
   anything else — another offset, nanoseconds — is refused here and decided by the Python path;
 * ``scorecard_type`` must be one of SPEC §2's two types.
 
@@ -65,22 +65,25 @@ SETTINGS: dict[str, str | int] = {
     "max_block_size": _ONE_BLOCK,
 }
 
-_TIME_TEXT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?(Z|\\+00:00)$"
+# A UTC time as ISO 8601 with every field in its range (year 0001 to 9999, which
+# DateTime64(6, 'UTC') holds), at most six fractional digits, ``Z`` or ``+00:00``. The engine's
+# parser would wrap an hour 24 or a minute 60 into the next day or hour: the pattern refuses
+# them; what it cannot tell (day 30 of February) the parser refuses, giving NULL.
+_TIME_TEXT = (
+    r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-(0[1-9]|1[0-2])-"
+    r"(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?"
+    r"(Z|\\+00:00)$"
+)
 
 
 def _time(text: str) -> str:
-    """The DateTime64(6, 'UTC') of a time's text (checked by :func:`_exact`)."""
-    return f"parseDateTime64BestEffortOrZero({text}, 6, 'UTC')"
+    """The DateTime64(6, 'UTC') of a time's text (NULL if the engine cannot read it)."""
+    return f"parseDateTime64BestEffortOrNull({text}, 6, 'UTC')"
 
 
 def _exact(text: str) -> str:
     """True when ``text`` is a UTC time that DateTime64(6, 'UTC') holds exactly as written."""
-    return (
-        f"(match({text}, '{_TIME_TEXT}') AND "
-        f"formatDateTime({_time(text)}, '%Y-%m-%dT%H:%i:%S.%f') = "
-        f"concat(substring({text}, 1, 19), '.', "
-        f"rightPad(regexpExtract({text}, '\\\\.([0-9]+)', 1), 6, '0')))"
-    )
+    return f"(match({text}, '{_TIME_TEXT}') AND isNotNull({_time(text)}))"
 
 
 # ignore() reads its arguments: without it the engine would not read the fields a statement
@@ -109,14 +112,16 @@ _SCORECARD_VALUES = (
     "scorecard.score, "
     f"if(scorecard.submitted_at IS NULL, NULL, "
     f"{_time('assumeNotNull(scorecard.submitted_at)')}), "
-    f"{_time('scorecard.created_at')}, {_time('scorecard.updated_at')}, "
-    f"job_id, {_time('reindexed_at')}"
+    f"assumeNotNull({_time('scorecard.created_at')}), "
+    f"assumeNotNull({_time('scorecard.updated_at')}), "
+    f"job_id, assumeNotNull({_time('reindexed_at')})"
 )
 _SCORE_VALUES = (
     "scorecard.customer_id, scorecard.profile_id, scorecard.scorecard_id, s.criterion_id, "
     "scorecard.scorecard_type, scorecard.scorecard_type = 'PROCESS', scorecard.conversation_id, "
     "scorecard.agent_user_id, s.numeric_value, s.not_applicable, s.comment, "
-    f"{_time('s.created_at')}, {_time('s.updated_at')}, job_id, {_time('reindexed_at')}"
+    f"assumeNotNull({_time('s.created_at')}), assumeNotNull({_time('s.updated_at')}), "
+    f"job_id, assumeNotNull({_time('reindexed_at')})"
 )
 
 

@@ -44,6 +44,7 @@ class BatchReport:
     def line(self) -> str:
         shards = ", ".join(
             f"shard {b.shard}: {b.scorecard_count:,} scorecards/{b.score_count:,} scores"
+            + (" as JSON" if b.json_rows is not None else "")
             + (" (clean-up)" if b.clean_up_keys else "")
             for b in sorted(self.parsed.shards.values(), key=lambda b: b.shard)
         )

@@ -25,12 +25,16 @@ and write any file the user can, fetch URLs and run programs):
   ``--max-query-bytes`` and results by ``--max-result-bytes``.
 
 The only SQL it looks at besides is the head of an INSERT, to split the statement from the data
-that follows it in the body (as the server does).
+that follows it in the body (as the server does), and the ``input()`` call of an INSERT ... SELECT.
 
 What it implements:
 
 * the query from the ``query`` URL parameter, the body, or both (URL query, a newline, then the
   body), including multipart/form-data bodies (clickhouse-connect sends large bind parameters so);
+* ``INSERT ... SELECT ... FROM input('structure') FORMAT name`` with its data after the statement:
+  chdb's streaming insert takes no SELECT, so the data is spooled to a file in the engine's
+  directory and ``input(...)`` runs as ``file(spool, name, 'structure')`` (the statement is
+  checked by the guard first; this ``file`` is the front's own);
 * INSERT data streamed into the engine block after block (``send_insert``), whatever the number of
   Native blocks, with ``Transfer-Encoding: chunked`` and ``Content-Encoding`` lz4 (concatenated
   LZ4 frames, as clickhouse-connect sends), zstd, gzip and deflate; responses are uncompressed;

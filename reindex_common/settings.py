@@ -148,9 +148,11 @@ class Settings(BaseSettings):
     consumer_session_timeout: float = Field(6.0, ge=1, le=_HOUR, allow_inf_nan=False)
     consumer_heartbeat_interval: float = Field(1.0, gt=0, le=_HOUR, allow_inf_nan=False)
     consumer_commit_interval: float = Field(1.0, gt=0, le=_HOUR, allow_inf_nan=False)
-    # Let the shards parse the messages' JSON (consumer/json_insert.py); off: the worker
-    # validates every message and inserts columns (the Python path, always the fallback).
-    consumer_shards_parse: bool = True
+    # Let the shards parse the messages' JSON (consumer/json_insert.py) instead of the worker
+    # validating every message and inserting columns (the Python path, always the fallback).
+    # Off by default: it halves a worker's CPU per message but costs the shards more than that
+    # (docs/BENCHMARKS.md); worth it where the shards have cores to spare and workers do not.
+    consumer_shards_parse: bool = False
     # Give up on a failing shard after this many seconds.
     write_retry_deadline: float = Field(300.0, gt=0, le=7 * 24 * _HOUR, allow_inf_nan=False)
     metrics_port: int | None = Field(None, ge=1, le=65535)  # Prometheus /metrics when set

@@ -17,9 +17,21 @@ import json
 import struct
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from fix_pipeline import (
+    BOTH_TYPES,
+    MONTH_END,
+    MONTH_START,
+    assert_correct_result,
+    run_month_job,
+    seed_month,
+    wait_written,
+    workers,
+)
 
 from consumer.batch import RawMessage
 from consumer.metrics import Metrics
@@ -132,6 +144,20 @@ PYTHON_DECIDES: dict[str, Edit] = {
     "day 30 of February": _card(created_at="2026-02-30T00:00:00Z"),
     "hour 24": _first_score(created_at="2026-01-02T24:00:00Z"),
     "year 0": _card(created_at="0000-01-01T00:00:00Z"),
+    "minute 60": _card(updated_at="2026-01-01T00:60:00Z"),
+    "second 60": _first_score(updated_at="2026-06-30T23:59:60Z"),
+    "month 13": _card(created_at="2026-13-01T00:00:00Z"),
+    "month 0": _card(created_at="2026-00-10T00:00:00Z"),
+    "day 0": _card(created_at="2026-01-00T00:00:00Z"),
+    "day 31 of April": _card(created_at="2026-04-31T00:00:00Z"),
+    "29 February 2025": _card(created_at="2025-02-29T00:00:00Z"),
+    "five-digit year": _card(created_at="12026-01-01T00:00:00Z"),
+    "space for T": _card(created_at="2026-01-01 00:00:00Z"),
+    "lower-case z": _card(created_at="2026-01-01T00:00:00z"),
+    "-00:00": _card(created_at="2026-01-01T00:00:00-00:00"),
+    "no seconds": _card(created_at="2026-01-01T00:00Z"),
+    "date only": _card(created_at="2026-01-01"),
+    "empty fraction": _card(created_at="2026-01-01T00:00:00.Z"),
     "missing score field": _drop("scores.0.comment"),
     "missing scorecard field": _drop("scorecard.template_title"),
     "unknown score field": _first_score(extra=1),
@@ -234,9 +260,11 @@ def _rows(settings: Settings) -> list[list[tuple[Any, ...]]]:
 @pytest.fixture
 def two_databases(make_settings: Callable[..., Settings]) -> Iterator[tuple[Settings, Settings]]:
     run = uuid.uuid4().hex[:8]
-    shards_parse = make_settings(clickhouse_database=f"reindex_json_{run}")
-    python_only = shards_parse.model_copy(
-        update={"clickhouse_database": f"reindex_py_{run}", "consumer_shards_parse": False}
+    shards_parse = make_settings(
+        clickhouse_database=f"reindex_json_{run}", consumer_shards_parse=True
+    )
+    python_only = shards_parse.replace(
+        clickhouse_database=f"reindex_py_{run}", consumer_shards_parse=False
     )
     for settings in (shards_parse, python_only):
         init_target_schema(settings.shards, settings.clickhouse_database)
@@ -372,3 +400,28 @@ def test_times_are_written_exactly(two_databases: tuple[Settings, Settings]) -> 
             ).result_rows:
                 ticks[sid] = tick
     assert ticks == {f"t-{i}": tick for i, tick in enumerate(times.values())}
+
+
+def test_a_clean_up_job_through_workers_whose_shards_parse(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    """The whole pipeline with REINDEX_CONSUMER_SHARDS_PARSE: Postgres's rows exactly, then a
+    clean-up job after Postgres dropped scores removes them; no batch fell back."""
+    settings = pipeline_settings.replace(consumer_shards_parse=True)
+    seed_month(settings, 1200)
+    run_month_job(settings, "json-1")
+    with workers(settings, tmp_path, "j1", "j2") as started:
+        wait_written(settings, "json-1")
+        assert_correct_result(settings, settings.director_dsn, MONTH_START, MONTH_END, BOTH_TYPES)
+        with psycopg.connect(settings.director_dsn, autocommit=True) as conn:
+            dropped = conn.execute(
+                "DELETE FROM historic.scorecard_scores WHERE criterion_id LIKE '%1'"
+            ).rowcount
+        assert dropped > 0
+        run_month_job(settings, "json-2", clean_up=True)
+        wait_written(settings, "json-2")
+        assert_correct_result(settings, settings.director_dsn, MONTH_START, MONTH_END, BOTH_TYPES)
+        for worker in started:
+            assert worker.stop() == 0
+            assert "refused" not in worker.output()
+            assert " scores as JSON" in worker.output()  # the shards parsed the batches
