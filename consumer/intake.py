@@ -196,6 +196,7 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         self._positions: dict[TP, int] = {}  # committed position: all before it is written
         self._holes: dict[TP, dict[int, int]] = {}  # confirmed holes in the log: start -> end
         self._hole_seeks: dict[TP, tuple[int, int]] = {}  # tp -> (offset sought, fetch seq)
+        self._stuck: dict[TP, int] = {}  # the position a stuck commit was reported at
 
     def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
         return _LeasedConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -222,7 +223,12 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         positions.clear()
         holes.clear()
         self._hole_seeks.clear()
+        self._stuck.clear()
         positions.update({tp: int(offset) for tp, offset in found.items() if offset is not None})
+        log.info(
+            "reading from the committed offsets %s",
+            ", ".join(f"[{tp.partition}] {o}" for tp, o in sorted(positions.items())) or "(none)",
+        )
 
     def _new_offset(self, tp: TP) -> int | None:
         if tp.topic != self._intake.topic:
@@ -239,9 +245,26 @@ class IntakeConsumer(aiokafka_driver.Consumer):
             acked[:] = [o for o in acked if o >= new]
             index.difference_update(done)
         if new == position:
+            self._report_stuck(tp, position, acked)
             return None
         positions[tp] = new
         return new
+
+    def _report_stuck(self, tp: TP, position: int, acked: list[int]) -> None:
+        """Say once why a partition's commit cannot move: written offsets after a missing one."""
+        if not acked or self._stuck.get(tp) == position:
+            return
+        self._stuck[tp] = position
+        log.warning(
+            "%s[%d]: the commit waits at offset %d, not yet written; %d later offsets are "
+            "(from %d); the intake's next offset is %s",
+            tp.topic,
+            tp.partition,
+            position,
+            len(acked),
+            min(acked),
+            self._intake.next_offset(tp),
+        )
 
     def _admit(self, tp: TP, offset: int, seek_back: dict[TP, int]) -> bool:
         """Whether the message at ``offset`` is the next one of ``tp`` in this epoch."""
