@@ -245,22 +245,33 @@ def job_status(settings: Settings, job_id: str) -> JobStatus:
         return watcher.status()
 
 
+# Between two polls of ``wait_for_job``. A poll reads only what was added to the jobs and written
+# topics since the last one and asks for the committed offsets once; the watcher's readers fetch
+# in the background anyway (``fetch.wait.max.ms`` 10), so polling often adds little to the
+# broker's load, and a job is seen complete this soon after its last batch's record.
+POLL_S = 0.1
+
+
 def wait_for_job(
     settings: Settings,
     job_id: str,
     timeout_s: float,
     *,
     say: Callable[[str], None],
-    poll_s: float = 1.0,
+    poll_s: float = POLL_S,
     report_every_s: float = 10.0,
+    check: Callable[[], None] | None = None,
 ) -> JobStatus | None:
     """Poll until the job is finished (complete, failed or cancelled) or ``timeout_s`` passed;
     return the last status (None if the job never appeared). A job not recorded yet (its
-    request not taken by ``serve`` yet) is waited for like one that runs."""
+    request not taken by ``serve`` yet) is waited for like one that runs. ``check`` runs before
+    every poll and may raise to stop waiting (the benchmark: a process it started died)."""
     deadline = time.monotonic() + timeout_s
     last_report = 0.0
     with JobWatcher(settings, job_id) as watcher:
         while True:
+            if check is not None:
+                check()
             status = watcher.poll()
             now = time.monotonic()
             if (status is not None and status.finished) or now >= deadline:
