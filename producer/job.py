@@ -92,6 +92,24 @@ def run_job(
     options: JobOptions = JobOptions(),
 ) -> JobCheckpoint:
     """Run (or resume) ``request``'s job to the end; return its final checkpoint."""
+    # First: the producer gets its producer id while the topics and the checkpoint are read.
+    producer = ReliableProducer(
+        settings,
+        client_id=f"reindex-producer-{request.job_id}",
+        runs_of=settings.scorecards_topic,
+    )
+    try:
+        return _run_job(settings, request, options, producer)
+    finally:
+        producer.flush(10)
+
+
+def _run_job(
+    settings: Settings,
+    request: ReindexRequest,
+    options: JobOptions,
+    producer: ReliableProducer,
+) -> JobCheckpoint:
     ensure_topics(settings, reindexer_topics(settings))
     previous = read_checkpoint(settings, request.job_id)
     if previous is not None and not options.restart:
@@ -106,11 +124,6 @@ def run_job(
                 request.job_id,
             )
             return previous
-    producer = ReliableProducer(
-        settings,
-        client_id=f"reindex-producer-{request.job_id}",
-        runs_of=settings.scorecards_topic,
-    )
     job = _JobRun(settings, request, options, producer, previous)
     if not options.dry_run:
         job.cancel_watch = CancelWatch(settings, request.job_id)
@@ -133,7 +146,6 @@ def run_job(
     finally:
         if job.cancel_watch is not None:
             job.cancel_watch.close()
-        producer.flush(10)
 
 
 def run_and_report(settings: Settings, request: ReindexRequest, options: JobOptions) -> str:

@@ -149,6 +149,11 @@ class ReliableProducer:
             "client.id": client_id,
             "message.max.bytes": settings.max_message_bytes,
             "enable.idempotence": True,
+            # Connect to the brokers as soon as they are known. With sparse connections
+            # librdkafka drops the bootstrap connection after the first metadata and connects to
+            # the real broker only when its producer-id timer (500 ms) finds none up: the first
+            # delivery came 0.5-1 s after start-up, 0.1 s with this.
+            "enable.sparse.connections": False,
             "acks": "all",
             "compression.type": "lz4",
             "linger.ms": 10,
