@@ -33,7 +33,7 @@ from bench.engine import run_engine_copy
 from bench.timeline import describe, job_timeline
 from devstack import stack
 from devstack.workers import has_joined, start_reindex
-from reindex.status import JobWatcher
+from reindex.status import wait_for_job
 from reindex_common.clickhouse import init_target_schema, shard_client
 from reindex_common.errors import ReindexError
 from reindex_common.pg import init_source_schema
@@ -179,17 +179,16 @@ class Bench:
         ]
 
     def wait_complete(self, settings: Settings, job_id: str, procs: list[Proc]) -> None:
-        with JobWatcher(settings, job_id) as watcher:
-            while True:
-                for p in procs:
-                    if p.poll() not in (None, 0):
-                        raise ReindexError(f"{p.name} exited: {p.output()[-500:]}")
-                try:
-                    if watcher.status().complete:
-                        return
-                except ReindexError:
-                    pass  # no checkpoint yet
-                time.sleep(0.5)
+        """Wait as ``reindex status JOB --wait`` does (same polls, same rule)."""
+
+        def check() -> None:
+            for p in procs:
+                if p.poll() not in (None, 0):
+                    raise ReindexError(f"{p.name} exited: {p.output()[-500:]}")
+
+        status = wait_for_job(settings, job_id, 3600, say=lambda _: None, check=check)
+        if status is None or not status.complete:
+            raise ReindexError(f"job {job_id} did not complete: {status and status.state}")
 
     def start_workers(self, settings: Settings, count: int, tag: str) -> list[Proc]:
         workers = [

@@ -3,7 +3,8 @@
 Messages reach the batch loop through an :class:`~consumer.intake.Intake` (see there why not
 through a Faust stream), and nothing acks them but the loop. The commit order, for every batch:
 
-1. take up to ``consumer_batch_size`` messages, waiting at most ``consumer_batch_wait`` seconds;
+1. take up to ``consumer_batch_size`` messages, waiting at most ``consumer_batch_wait`` seconds,
+   and no longer than ``consumer_batch_idle`` seconds without a new message;
 2. in a thread, validate each message and group by shard — while the previous batch is still
    being written;
 3. in another thread, one batch at a time and in the order taken: send invalid messages to the
@@ -141,11 +142,12 @@ def create_app(settings: Settings, state: WorkerState) -> tuple[faust.App, Batch
     async def write_batches() -> None:
         """Stage 1: take batches and parse each in a thread while the previous one writes."""
         size, wait = settings.consumer_batch_size, settings.consumer_batch_wait
+        idle = settings.consumer_batch_idle
         parsed_batches: asyncio.Queue[_Parsed] = asyncio.Queue(maxsize=1)
         writer = asyncio.ensure_future(write_in_order(parsed_batches))
         try:
             while True:
-                batch = await app.take_batch(size, wait)
+                batch = await app.take_batch(size, wait, idle)
                 if state.draining or state.fatal is not None:
                     app.abandon(batch)  # never acked: the group delivers these again
                     continue

@@ -70,6 +70,7 @@ class Intake:
         self._messages: list[Message] = []
         self._next: dict[TP, int] = {}  # per partition, the offset that may enter next
         self._want = capacity  # the size the current take() waits for
+        self._arrived = 0  # messages put so far (tells take() whether any came while it waited)
         self._nonempty = asyncio.Event()
         self._enough = asyncio.Event()
         self._space = asyncio.Event()
@@ -93,6 +94,7 @@ class Intake:
         if epoch != self.epoch:
             return False
         self._messages.append(message)
+        self._arrived += 1
         self.tracked.add(message)
         self._next[message.tp] = message.offset + 1
         count = len(self._messages)
@@ -104,20 +106,34 @@ class Intake:
             self._space.clear()
         return True
 
-    async def take(self, max_: int, within: float) -> TakenBatch:
-        """Up to ``max_`` messages: once that many wait, or ``within`` seconds after the first.
+    async def take(self, max_: int, within: float, idle: float | None = None) -> TakenBatch:
+        """Up to ``max_`` messages: once that many wait, or ``within`` seconds after the first,
+        or, with ``idle``, once no message came for ``idle`` seconds (the fetcher has caught up
+        with the topic: the last batch of a job need not wait out ``within``).
 
         Never an empty batch, even when a rebalance cleared the intake during the wait.
         """
+        loop = asyncio.get_running_loop()
         while True:
             await self._nonempty.wait()
             if len(self._messages) < max_:
                 self._want = max_
                 self._enough.clear()
+                deadline = loop.time() + within
                 try:
-                    await asyncio.wait_for(self._enough.wait(), within)
-                except TimeoutError:
-                    pass
+                    while True:
+                        left = deadline - loop.time()
+                        if left <= 0:
+                            break
+                        arrived = self._arrived
+                        try:
+                            await asyncio.wait_for(
+                                self._enough.wait(), left if idle is None else min(idle, left)
+                            )
+                            break
+                        except TimeoutError:
+                            if self._arrived == arrived:
+                                break  # nothing came for ``idle`` seconds
                 finally:
                     self._want = self.capacity
             if self._messages:
@@ -394,10 +410,10 @@ class IntakeApp(faust.App):
         self.intake = intake
         self.lease = lease
 
-    async def take_batch(self, max_: int, within: float) -> TakenBatch:
+    async def take_batch(self, max_: int, within: float, idle: float | None = None) -> TakenBatch:
         """A batch from the intake (see :meth:`Intake.take`), as a stream would take it."""
         await hooks.before_take()
-        batch = await self.intake.take(max_, within)
+        batch = await self.intake.take(max_, within, idle)
         # Faust's livelock check reads when a stream last took an event from each partition;
         # without a stream it would report every partition with a backlog as stuck.
         inbound, now = self.monitor.stream_inbound_time, time.monotonic()

@@ -29,9 +29,10 @@ from producer.source import Page, ScorecardSource, Selection, prefetched
 from reindex_common.cancel import CancelWatch, clear_cancel
 from reindex_common.errors import BadInputError, ReindexError
 from reindex_common.jobs import JobCheckpoint, read_checkpoint, write_checkpoint
-from reindex_common.kafka import ReliableProducer, ensure_topics, reindexer_topics
+from reindex_common.kafka import MAX_RUNS, ReliableProducer, ensure_topics, reindexer_topics
 from reindex_common.lag import LagGate
 from reindex_common.messages import ReindexRequest
+from reindex_common.offset_runs import to_runs_merged
 from reindex_common.progress import ProgressView
 from reindex_common.settings import Settings
 from reindex_common.size_limit import check_message_size, scorecard_name
@@ -91,6 +92,24 @@ def run_job(
     options: JobOptions = JobOptions(),
 ) -> JobCheckpoint:
     """Run (or resume) ``request``'s job to the end; return its final checkpoint."""
+    # First: the producer gets its producer id while the topics and the checkpoint are read.
+    producer = ReliableProducer(
+        settings,
+        client_id=f"reindex-producer-{request.job_id}",
+        runs_of=settings.scorecards_topic,
+    )
+    try:
+        return _run_job(settings, request, options, producer)
+    finally:
+        producer.flush(10)
+
+
+def _run_job(
+    settings: Settings,
+    request: ReindexRequest,
+    options: JobOptions,
+    producer: ReliableProducer,
+) -> JobCheckpoint:
     ensure_topics(settings, reindexer_topics(settings))
     previous = read_checkpoint(settings, request.job_id)
     if previous is not None and not options.restart:
@@ -105,7 +124,6 @@ def run_job(
                 request.job_id,
             )
             return previous
-    producer = ReliableProducer(settings, client_id=f"reindex-producer-{request.job_id}")
     job = _JobRun(settings, request, options, producer, previous)
     if not options.dry_run:
         job.cancel_watch = CancelWatch(settings, request.job_id)
@@ -128,7 +146,6 @@ def run_job(
     finally:
         if job.cancel_watch is not None:
             job.cancel_watch.close()
-        producer.flush(10)
 
 
 def run_and_report(settings: Settings, request: ReindexRequest, options: JobOptions) -> str:
@@ -197,6 +214,7 @@ class _JobRun:
                 request=request,
                 state="running",
                 started_at=datetime.now(UTC),
+                published_runs={},
             )
         else:
             self.checkpoint = previous.model_copy(update={"state": "running", "error": None})
@@ -205,6 +223,8 @@ class _JobRun:
                 request.job_id,
                 f"{previous.published_scorecards:,}",
             )
+        # What earlier runs published: this run's offsets are added to them.
+        self._earlier_runs = self.checkpoint.published_runs
 
     def _record(self, *, wait: bool = True, **changes: object) -> None:
         self.checkpoint = self.checkpoint.model_copy(
@@ -311,7 +331,17 @@ class _JobRun:
                 published_scores=self.checkpoint.published_scores + page.score_count,
                 pages=self.checkpoint.pages + 1,
                 max_offsets=offsets,
+                published_runs=self._published_runs(),
             )
+
+    def _published_runs(self) -> dict[int, list[tuple[int, int]]] | None:
+        """Every offset the job published at, earlier runs included; None when not known."""
+        earlier, now = self._earlier_runs, self.producer.delivered_runs()
+        if earlier is None or now is None:
+            return None
+        partitions = earlier.keys() | now.keys()
+        runs = {p: to_runs_merged([*earlier.get(p, ()), *now.get(p, ())]) for p in partitions}
+        return runs if sum(map(len, runs.values())) <= MAX_RUNS else None
 
     def _after_page(self) -> None:
         if self.cancel_watch is not None and self.cancel_watch.cancelled:

@@ -118,7 +118,11 @@ def list_jobs(settings: Settings, *, show_all: bool = False, recent: int = RECEN
         tallies.add((k, v) for k, v in tail.read_new() if k in wanted)
     return JobListing(
         [
-            JobStatus(cp, tallies.summary(cp.job_id, cp.started_at), lagging(cp, committed))
+            JobStatus(
+                cp,
+                tallies.summary(cp.job_id, cp.started_at),
+                lagging(cp, committed, tallies.tally(cp.job_id)),
+            )
             for cp in shown
         ],
         len(checkpoints),

@@ -3,10 +3,13 @@
 A job's state is its latest checkpoint in the jobs topic: ``requested`` (``reindex request``
 recorded it; no producer started it), ``running``, ``done`` (all published), ``failed`` (with
 the reason) or ``cancelled``. It is *complete* when it is done and, on every partition it published
-to, the consumer group's committed offset is past the job's last message there: workers commit
-only after a message was written or dead-lettered, and after the batch's written record (the
-counts) is durable. So a complete job's counts are final, provided they are read after the
-committed offsets, which :class:`JobWatcher` does.
+to, the consumer group's committed offset is past the job's last message there (workers commit
+only after a message was written or dead-lettered, and after the batch's written record is
+durable), or the written records read so far name every offset the job published there as
+written or dead-lettered (``reindex_common/written.py``). A watcher usually sees the second first:
+the last batch's record is published right after its writes, its commit follows within the
+commit interval. Either way a complete job's written and dead-lettered counts are final,
+provided they are read after the committed offsets, which :class:`JobWatcher` does.
 
 The outcome, as exit codes (SPEC §7): complete with nothing dead-lettered is clean (0); complete
 with dead letters is not clean (3, :class:`NotCleanError`, naming the first few scorecards);
@@ -132,9 +135,7 @@ class JobStatus:
         if cp.error:
             lines.append(f"  error      {cp.error}")
         if cp.state == "done" and self.lagging_partitions:
-            lines.append(
-                f"  waiting    for partitions {self.lagging_partitions} to be written and committed"
-            )
+            lines.append(f"  waiting    for partitions {self.lagging_partitions} to be written")
         return "\n".join(lines)
 
     def document(self) -> dict[str, Any]:
@@ -178,9 +179,19 @@ class JobStatus:
         }
 
 
-def lagging(checkpoint: JobCheckpoint, committed: dict[int, int]) -> list[int]:
-    """The partitions where the group has not yet committed past the job's last message."""
-    return sorted(p for p, last in checkpoint.max_offsets.items() if committed.get(p, -1) <= last)
+def lagging(
+    checkpoint: JobCheckpoint, committed: dict[int, int], tally: WrittenTally | None = None
+) -> list[int]:
+    """The partitions where the job is not yet known to be handled: the group has not committed
+    past the job's last message there, and (with ``tally``, when the checkpoint knows the job's
+    offsets) the written records read so far do not name every one of them as written or
+    dead-lettered."""
+    behind = [p for p, last in checkpoint.max_offsets.items() if committed.get(p, -1) <= last]
+    published = checkpoint.published_runs
+    if not behind or tally is None or published is None:
+        return sorted(behind)
+    unhandled = set(tally.unhandled({p: published.get(p, []) for p in behind}))
+    return sorted(p for p in behind if p in unhandled)
 
 
 class JobWatcher:
@@ -219,7 +230,7 @@ class JobWatcher:
         )
         self._tally.add(self._written.read_new())
         summary = self._tally.summary(run=checkpoint.started_at)
-        return JobStatus(checkpoint, summary, lagging(checkpoint, committed))
+        return JobStatus(checkpoint, summary, lagging(checkpoint, committed, self._tally))
 
     def status(self) -> JobStatus:
         """The job's status now; :class:`ReindexError` while the job has no checkpoint."""
@@ -234,22 +245,33 @@ def job_status(settings: Settings, job_id: str) -> JobStatus:
         return watcher.status()
 
 
+# Between two polls of ``wait_for_job``. A poll reads only what was added to the jobs and written
+# topics since the last one and asks for the committed offsets once; the watcher's readers fetch
+# in the background anyway (``fetch.wait.max.ms`` 10), so polling often adds little to the
+# broker's load, and a job is seen complete this soon after its last batch's record.
+POLL_S = 0.1
+
+
 def wait_for_job(
     settings: Settings,
     job_id: str,
     timeout_s: float,
     *,
     say: Callable[[str], None],
-    poll_s: float = 1.0,
+    poll_s: float = POLL_S,
     report_every_s: float = 10.0,
+    check: Callable[[], None] | None = None,
 ) -> JobStatus | None:
     """Poll until the job is finished (complete, failed or cancelled) or ``timeout_s`` passed;
     return the last status (None if the job never appeared). A job not recorded yet (its
-    request not taken by ``serve`` yet) is waited for like one that runs."""
+    request not taken by ``serve`` yet) is waited for like one that runs. ``check`` runs before
+    every poll and may raise to stop waiting (the benchmark: a process it started died)."""
     deadline = time.monotonic() + timeout_s
     last_report = 0.0
     with JobWatcher(settings, job_id) as watcher:
         while True:
+            if check is not None:
+                check()
             status = watcher.poll()
             now = time.monotonic()
             if (status is not None and status.finished) or now >= deadline:

@@ -5,6 +5,9 @@ confirmed delivered; the last one for a job id is the job's state. A rerun of th
 ``cursor``. ``max_offsets`` holds, per partition of the scorecards topic, the highest offset at
 which the job published a message: the job is fully written once the consumer group's committed
 offset on each of those partitions has passed it (the consumer commits only after writing).
+``published_runs`` holds every offset at which the job published, as runs: the job is also fully
+written once the workers' written records name each of them as written or dead-lettered, which
+``status`` sees as soon as the last batch is written, without waiting for the next commit.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ class JobCheckpoint(BaseModel):
     pages: int = 0
     cursor: PageCursor | None = None
     max_offsets: dict[int, int] = Field(default_factory=dict)
+    # partition -> inclusive [first, last] runs of every offset the job published at, all its
+    # runs together; None when not known: a checkpoint from before this field, a job resumed from
+    # one, or offsets too scattered among other producers' messages to keep (kafka.MAX_RUNS).
+    published_runs: dict[int, list[tuple[int, int]]] | None = None
     error: RedactedStr | None = None
     started_at: UtcDatetime
     updated_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -6,17 +6,10 @@ import logging
 import sys
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 log = logging.getLogger("reindex.progress")
 
@@ -48,6 +41,19 @@ class ProgressView:
 
     def __enter__(self) -> ProgressView:
         if self._want_bar and sys.stderr.isatty():
+            # Imported here: rich takes ~25 ms to import, a job's start-up without a terminal
+            # (a service, a scheduled job) has no use for it.
+            from rich.console import Console  # noqa: PLC0415
+            from rich.progress import (  # noqa: PLC0415
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),

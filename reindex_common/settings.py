@@ -144,6 +144,8 @@ class Settings(BaseSettings):
     consumer_batch_size: int = Field(2000, ge=1, le=100_000)  # messages per batch at most
     # Seconds to wait for a batch to fill.
     consumer_batch_wait: float = Field(0.5, gt=0, le=_HOUR, allow_inf_nan=False)
+    # ... but no longer than this without a new message: the topic holds no more for now.
+    consumer_batch_idle: float = Field(0.1, gt=0, le=_HOUR, allow_inf_nan=False)
     # A dead worker's partitions move once its session expires: seconds, not the usual minute.
     consumer_session_timeout: float = Field(6.0, ge=1, le=_HOUR, allow_inf_nan=False)
     consumer_heartbeat_interval: float = Field(1.0, gt=0, le=_HOUR, allow_inf_nan=False)

@@ -11,10 +11,16 @@ where, which scorecard, how many scores), so that ``status`` can tell a job writ
 complete with dead letters (SPEC §7); a dead letter seen twice (redelivered) counts once, by its
 partition and offset.
 
-Completion does not depend on these counts: a job is fully written when the producer has finished
-it and, on every partition it published to, the consumer group's committed offset has passed the
-job's highest offset there — workers commit only after writing and dead-lettering, and only after
-this batch's records are durable, so the counts are final by then.
+A job is fully written when the producer has finished it and, on every partition it published
+to, either the consumer group's committed offset has passed the job's highest offset there —
+workers commit only after writing and dead-lettering, and only after the batch's records are
+durable — or the records name every offset the job published there (its checkpoint's
+``published_runs``) as written or dead-lettered: a record is published only once its batch's
+shard writes succeeded and its DLQ envelopes are sent, so that is seen as soon as the last batch
+is written, without waiting for the next commit. Either way the written and dead-lettered
+scorecard counts are final then (they count distinct offsets); the score and per-worker sums
+add up records, so a batch written again later (redelivered because its commit was lost) adds
+to them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from reindex_common.errors import KafkaError
 from reindex_common.kafka import TopicTail
 from reindex_common.messages import UtcDatetime
+from reindex_common.offset_runs import covers
+from reindex_common.offset_runs import to_runs as to_runs  # re-exported: the workers' records
+from reindex_common.offset_runs import to_runs_merged as to_runs_merged
+from reindex_common.offset_runs import union_size as union_size
 from reindex_common.settings import Settings
 
 
@@ -62,23 +72,6 @@ class WrittenRecord(BaseModel):
     per_shard: dict[int, int] = Field(default_factory=dict)  # scorecards written per shard
     dead_letters: list[DeadLetter] = Field(default_factory=list)
     written_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
-
-
-def to_runs(offsets: Iterable[int]) -> list[tuple[int, int]]:
-    """Sorted, merged inclusive runs of ``offsets``: [3, 4, 5, 9] -> [(3, 5), (9, 9)]."""
-    return to_runs_merged((offset, offset) for offset in offsets)
-
-
-def union_size(runs: Iterable[tuple[int, int]]) -> int:
-    """How many distinct offsets a set of possibly overlapping inclusive runs covers."""
-    total = 0
-    end = -1
-    for first, last in sorted(runs):
-        if last <= end:
-            continue
-        total += last - max(first, end + 1) + 1
-        end = last
-    return total
 
 
 class WrittenSummary(BaseModel):
@@ -135,6 +128,21 @@ class WrittenTally:
                 if len(first) < FIRST_DEAD_LETTERS:
                     first.append(dead)
 
+    def unhandled(self, published: dict[int, list[tuple[int, int]]]) -> list[int]:
+        """The partitions where some offset of ``published`` (a job's checkpoint
+        ``published_runs``) is neither written nor dead-lettered in the records read so far."""
+        dead: dict[int, list[int]] = defaultdict(list)
+        for partition, offset in self._dead:
+            dead[partition].append(offset)
+        left = []
+        for partition, wanted in published.items():
+            handled = to_runs_merged(
+                [*self._runs.get(partition, ()), *((o, o) for o in dead.get(partition, ()))]
+            )
+            if not covers(handled, wanted):
+                left.append(partition)
+        return sorted(left)
+
     def summary(self, run: datetime | None = None) -> WrittenSummary:
         """The job's counts; with ``run`` (the checkpoint's ``started_at``), dead letters of
         other runs are left out (those whose run is unknown count)."""
@@ -176,20 +184,12 @@ class JobTallies:
                 tally = self._tallies[job_id] = WrittenTally(job_id)
             tally.add([(key, value)])
 
+    def tally(self, job_id: str) -> WrittenTally:
+        """The job's tally (an empty one for a job with no records)."""
+        return self._tallies.get(job_id) or WrittenTally(job_id)
+
     def summary(self, job_id: str, run: datetime | None = None) -> WrittenSummary:
-        tally = self._tallies.get(job_id)
-        return (tally or WrittenTally(job_id)).summary(run)
-
-
-def to_runs_merged(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Overlapping or adjacent inclusive runs merged: [(0, 4), (3, 9), (10, 10)] -> [(0, 10)]."""
-    merged: list[tuple[int, int]] = []
-    for first, last in sorted(runs):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-        else:
-            merged.append((first, last))
-    return merged
+        return self.tally(job_id).summary(run)
 
 
 def summarize_written(settings: Settings, job_id: str) -> WrittenSummary:

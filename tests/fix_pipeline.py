@@ -23,6 +23,7 @@ from reindex_common.routing import shard_for
 from reindex_common.schema import SCORE_COLUMNS, SCORECARD_COLUMNS
 from reindex_common.seed import SeedPlan, seed
 from reindex_common.settings import Settings
+from reindex_common.written import committed_offsets
 
 # --- source rows -------------------------------------------------------------------------------
 
@@ -186,6 +187,23 @@ def wait_until(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.2)
             return
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def wait_committed(
+    settings: Settings, partitions: int, messages: int, timeout_s: float = 60
+) -> None:
+    """Wait until the group's committed offsets of the scorecards topic add up to ``messages``
+    (partitions starting at offset 0), then check they are not past it. ``status`` sees a job
+    complete from the written records, before the commit that follows within
+    ``REINDEX_CONSUMER_COMMIT_INTERVAL``."""
+
+    def total() -> int:
+        found = committed_offsets(settings, settings.scorecards_topic, range(partitions))
+        return sum(max(o, 0) for o in found.values())
+
+    wait_until(lambda: total() >= messages, timeout_s, f"{messages} messages committed")
+    committed = committed_offsets(settings, settings.scorecards_topic, range(partitions))
+    assert sum(max(o, 0) for o in committed.values()) == messages, committed
 
 
 # --- the SPEC §3 result ------------------------------------------------------------------------

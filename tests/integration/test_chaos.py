@@ -22,12 +22,12 @@ from fix_pipeline import (
     seed_month,
     shard_rows,
     start_worker,
+    wait_committed,
     wait_written,
 )
 
 from reindex_common.routing import shard_for
 from reindex_common.settings import Settings
-from reindex_common.written import committed_offsets
 
 START, END = MONTH_START, MONTH_END
 SELECTED_START, SELECTED_END = START + timedelta(days=5), START + timedelta(days=25)
@@ -135,7 +135,6 @@ def test_a_clean_up_job_through_a_dozen_membership_changes_leaves_every_row_exac
                         f"shard {index} {kind}: {len(missing)} missing, {len(extra)} extra, "
                         f"{duplicates} duplicated"
                     )
-        committed = committed_offsets(settings, settings.scorecards_topic, range(PARTITIONS))
         exits = {n: w.process.wait(60) for n, w in started.items() if n != "w7" and n != "w8"}
         print(
             f"\nchaos: {changes} membership changes, {compared:,} rows compared "
@@ -145,7 +144,7 @@ def test_a_clean_up_job_through_a_dozen_membership_changes_leaves_every_row_exac
             f"({', '.join(f'{k} at {v:.0f} s' for k, v in phases.items())})"
         )
         assert not problems, problems
-        assert sum(max(o, 0) for o in committed.values()) == baseline_published + published
+        wait_committed(settings, PARTITIONS, baseline_published + published)
         for name, code in exits.items():
             kills = {n for a, n in CHANGES if a == "kill"}
             assert code == (-signal.SIGKILL if name in kills else 0), (name, code)

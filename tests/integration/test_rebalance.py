@@ -22,6 +22,7 @@ from fix_pipeline import (
     scorecard,
     start_worker,
     template,
+    wait_committed,
     wait_until,
     wait_written,
     workers,
@@ -36,10 +37,9 @@ PARTITIONS = 4
 
 
 def _assert_all_committed(settings: Settings, messages: int) -> None:
-    """Every partition's committed offset is its end (partitions start at offset 0 and hold
+    """Every partition's committed offset reaches its end (partitions start at offset 0 and hold
     ``messages`` in all; Tansu's high watermark cannot be trusted, see reindex_common/kafka.py)."""
-    committed = committed_offsets(settings, settings.scorecards_topic, range(PARTITIONS))
-    assert sum(max(o, 0) for o in committed.values()) == messages, committed
+    wait_committed(settings, PARTITIONS, messages)
 
 
 def _assignments(worker: Worker) -> list[str]:

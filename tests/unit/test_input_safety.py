@@ -96,6 +96,7 @@ def test_bad_flag_exits_2_with_one_line_naming_it(
     [
         ("REINDEX_BATCH_SIZE", "200000", "REINDEX_BATCH_SIZE: Input should be less than"),
         ("REINDEX_CONSUMER_BATCH_WAIT", "nan", "REINDEX_CONSUMER_BATCH_WAIT: Input should be a"),
+        ("REINDEX_CONSUMER_BATCH_IDLE", "0", "REINDEX_CONSUMER_BATCH_IDLE: Input should be"),
         ("REINDEX_WRITE_RETRY_DEADLINE", "inf", "REINDEX_WRITE_RETRY_DEADLINE: Input should be"),
         ("REINDEX_METRICS_PORT", "70000", "REINDEX_METRICS_PORT: Input should be less than"),
         ("REINDEX_TOPIC_PARTITIONS", "1000000", "REINDEX_TOPIC_PARTITIONS: Input should be less"),

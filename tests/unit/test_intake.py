@@ -82,6 +82,39 @@ def test_take_returns_as_soon_as_the_batch_fills_while_waiting() -> None:
     asyncio.run(run())
 
 
+def test_take_stops_waiting_once_nothing_more_arrives() -> None:
+    """The last batch of a job: what the topic held is taken without waiting out ``within``."""
+
+    async def run() -> None:
+        intake = Intake("t", capacity=10)
+        for m in _messages(3):
+            intake.put(m, intake.epoch)
+        # An idle wait that did not end early would run into the outer bound (an hour apart).
+        batch = await asyncio.wait_for(intake.take(5, within=3600, idle=0.05), 60)
+        assert batch.messages == _messages(3)
+
+    asyncio.run(run())
+
+
+def test_messages_that_keep_coming_keep_the_batch_filling() -> None:
+    async def run() -> None:
+        intake = Intake("t", capacity=10)
+        intake.put(_messages(1)[0], intake.epoch)
+
+        async def trickle() -> None:
+            for m in _messages(4, start=1):
+                await asyncio.sleep(0.01)
+                intake.put(m, intake.epoch)
+
+        feeder = asyncio.ensure_future(trickle())
+        # Gaps far below ``idle``: the batch fills before either bound.
+        batch = await intake.take(5, within=3600, idle=30)
+        await feeder
+        assert batch.messages == _messages(5)
+
+    asyncio.run(run())
+
+
 def test_capacity_and_clear() -> None:
     async def run() -> None:
         intake = Intake("t", capacity=3)
