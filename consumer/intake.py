@@ -24,9 +24,11 @@ it was fetched under, and no offset is committed past a message that was not wri
    gap makes the fetch loop seek back to the first missing offset (a gap the broker confirms by
    returning the same later offset straight after that seek is a hole in the log, and skipped).
 3. **Strict commits.** A partition's commit offset moves only across offsets that were written
-   and acked in one contiguous run from the committed position. Faust's own rule (acked
-   offsets up to the first gap, ignoring a gap of one at the committed offset and any gap when
-   the committed offset is 0, plus the "gaps" its fetch loop records) is not used for this topic.
+   and acked in one contiguous run from the committed position, and the position moves only
+   once the broker took the commit (a failed commit is tried again; a seek never moves it back).
+   Faust's own rule (acked offsets up to the first gap, ignoring a gap of one at the committed
+   offset and any gap when the committed offset is 0, plus the "gaps" its fetch loop records) is
+   not used for this topic.
 4. **Tracking.** Messages in the intake are tracked as Faust tracks in-flight events (a revoke
    waits until every tracked message is acked); clearing the intake, and abandoning a batch,
    untrack them.
@@ -37,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, MutableSet
+from collections.abc import Iterable, Mapping, MutableSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,16 +168,29 @@ class Intake:
 
 
 def written_up_to(position: int, acked: set[int], holes: dict[int, int]) -> int:
-    """The commit offset: ``position`` moved across acked offsets (and confirmed holes, which
-    are consumed) while they follow each other; never past an offset that was not acked."""
+    """The commit offset: ``position`` moved across acked offsets (and confirmed holes) while
+    they follow each other; never past an offset that was not acked."""
     new = position
     while True:
         if new in acked:
             new += 1
         elif new in holes:
-            new = holes.pop(new)
+            new = holes[new]
         else:
             return new
+
+
+def run_starts(found: Mapping[TP, int | None], known: Mapping[TP, int]) -> dict[TP, int]:
+    """Where each partition's run of written offsets starts after a seek: the committed offset
+    the broker gave (``found``), never below the position this worker already had (``known``),
+    and the known one where the broker gave none."""
+    starts = {}
+    for tp, offset in found.items():
+        if offset is not None:
+            starts[tp] = max(int(offset), known.get(tp, 0))
+        elif tp in known:
+            starts[tp] = known[tp]
+    return starts
 
 
 class _LeasedConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
@@ -227,44 +242,82 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         return await super()._getmany(active_partitions, timeout)
 
     async def perform_seek(self) -> None:
-        """Seek to the committed offsets; remember them as where each partition's run starts."""
+        """Seek to the committed offsets; remember them as where each partition's run starts.
+
+        Faust also calls this between rebalances (a fetch while the flow is paused), and the
+        broker may answer "nothing committed" for a partition that has a commit (seen once in
+        about ten chaos runs, on Tansu): a position never moves back, and an unknown commit
+        keeps the one this worker knows. A position lowered below what the intake already read
+        would make every later commit wait for offsets that are never read again.
+        """
         await super().perform_seek()
         positions, holes = self._positions, self._holes
         topic = self._intake.topic
         tps = [tp for tp in self.assignment() if tp.topic == topic]
+        known = {tp: positions[tp] for tp in tps if tp in positions}
         found = {tp: self._read_offset.get(tp) for tp in tps}
-        unknown = [tp for tp, offset in found.items() if offset is None]
+        unknown = [tp for tp, offset in found.items() if offset is None and tp not in known]
         if unknown:  # nothing committed yet: the fetch starts at the log's first offset
             found.update(await self.earliest_offsets(*unknown))
         positions.clear()
         holes.clear()
         self._hole_seeks.clear()
         self._stuck.clear()
-        positions.update({tp: int(offset) for tp, offset in found.items() if offset is not None})
+        positions.update(run_starts(found, known))
         log.info(
             "reading from the committed offsets %s",
             ", ".join(f"[{tp.partition}] {o}" for tp, o in sorted(positions.items())) or "(none)",
         )
 
     def _new_offset(self, tp: TP) -> int | None:
+        """The offset to commit for ``tp``: the position moved across what was written.
+
+        Nothing moves here: the position (and the acked offsets behind it) move only once the
+        broker took the commit (:meth:`_commit_offsets`), so a commit that failed is tried again.
+        """
         if tp.topic != self._intake.topic:
             return super()._new_offset(tp)
-        positions, holes = self._positions, self._holes
         acked = self._acked[tp]
-        position = positions.get(tp)
+        position = self._positions.get(tp)
         if position is None or not acked:
             return None
-        index = self._acked_index[tp]
-        new = written_up_to(position, index, holes.get(tp, {}))
-        done = [o for o in acked if o < new]
-        if done:
-            acked[:] = [o for o in acked if o >= new]
-            index.difference_update(done)
+        new = written_up_to(position, self._acked_index[tp], self._holes.get(tp, {}))
         if new == position:
             self._report_stuck(tp, position, acked)
             return None
-        positions[tp] = new
         return new
+
+    def _should_commit(self, tp: TP, offset: int) -> bool:
+        if tp.topic != self._intake.topic:
+            return super()._should_commit(tp, offset)
+        position = self._positions.get(tp)
+        return position is not None and offset > position
+
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        did_commit = await super()._commit_offsets(offsets, start_new_transaction)
+        if did_commit:
+            for tp, offset in offsets.items():
+                if tp.topic == self._intake.topic:
+                    self._committed_to(tp, offset)
+        return did_commit
+
+    def _committed_to(self, tp: TP, offset: int) -> None:
+        """The broker took ``offset`` for ``tp``: move the position, forget what is behind it."""
+        position = self._positions.get(tp)
+        if position is None or offset <= position:
+            return
+        self._positions[tp] = offset
+        acked, index = self._acked[tp], self._acked_index[tp]
+        done = [o for o in acked if o < offset]
+        if done:
+            acked[:] = [o for o in acked if o >= offset]
+            index.difference_update(done)
+        holes = self._holes.get(tp)
+        if holes:
+            for start in [h for h in holes if h < offset]:
+                del holes[start]
 
     def _report_stuck(self, tp: TP, position: int, acked: list[int]) -> None:
         """Say once why a partition's commit cannot move: written offsets after a missing one."""

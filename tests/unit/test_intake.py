@@ -4,13 +4,15 @@ epochs, and the strict commit rule."""
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 from faust.types import TP
 
-from consumer.intake import Intake, written_up_to
+from consumer.intake import Intake, IntakeConsumer, run_starts, written_up_to
 from consumer.ownership import HeartbeatLease
 
 TP0 = TP("t", 0)
@@ -194,7 +196,44 @@ def test_the_commit_never_passes_an_offset_that_was_not_written() -> None:
     assert written_up_to(10, set(range(10, 20)), {}) == 20
     holes = {12: 40}  # the broker confirmed that offsets 12..39 are not in the log
     assert written_up_to(10, {10, 11, 40, 41}, holes) == 42
-    assert not holes
+    assert holes == {12: 40}  # kept until the broker takes a commit past it
+
+
+def _consumer(positions: dict[TP, int], acked: dict[TP, list[int]]) -> Any:
+    """An IntakeConsumer with only the state its commit bookkeeping reads."""
+    consumer = cast(Any, object.__new__(IntakeConsumer))
+    consumer.app = SimpleNamespace(intake=Intake("t", capacity=10))
+    consumer._positions = dict(positions)
+    consumer._holes = {}
+    consumer._stuck = {}
+    consumer._acked = defaultdict(list, {tp: list(o) for tp, o in acked.items()})
+    consumer._acked_index = defaultdict(set, {tp: set(o) for tp, o in acked.items()})
+    return consumer
+
+
+def test_a_commit_the_broker_did_not_take_is_tried_again() -> None:
+    consumer = _consumer({TP0: 10}, {TP0: [10, 11, 12]})
+    assert consumer._new_offset(TP0) == 13
+    assert consumer._should_commit(TP0, 13)
+    # The commit failed (a rebalance began, say): nothing moved, the same commit comes again.
+    assert consumer._new_offset(TP0) == 13
+    assert consumer._should_commit(TP0, 13)
+    consumer._committed_to(TP0, 13)  # the broker took it
+    assert consumer._positions[TP0] == 13
+    assert consumer._new_offset(TP0) is None
+    assert not consumer._should_commit(TP0, 13)
+    assert consumer._acked[TP0] == []
+
+
+def test_a_seek_never_moves_a_run_start_back_nor_forgets_it() -> None:
+    # Seen in a chaos run: a second seek within one assignment, and the broker answering
+    # "nothing committed" for a partition committed at 613. Starting its run at 0 again would
+    # have made every later commit of that partition wait for offsets nobody reads again.
+    known = {TP0: 613, TP1: 40}
+    assert run_starts({TP0: None, TP1: 52}, known) == {TP0: 613, TP1: 52}
+    assert run_starts({TP0: 500, TP1: None}, known) == {TP0: 613, TP1: 40}
+    assert run_starts({TP0: 7}, {}) == {TP0: 7}
+    assert run_starts({TP0: None}, {}) == {}  # unknown: the caller asks for the log's start
 
 
 def test_the_lease_runs_out_a_heartbeat_before_the_session() -> None:
