@@ -228,6 +228,7 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         self._holes: dict[TP, dict[int, int]] = {}  # confirmed holes in the log: start -> end
         self._hole_seeks: dict[TP, tuple[int, int]] = {}  # tp -> (offset sought, fetch seq)
         self._stuck: dict[TP, int] = {}  # the position a stuck commit was reported at
+        self._seek_lock = asyncio.Lock()
 
     def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
         return _LeasedConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -245,20 +246,26 @@ class IntakeConsumer(aiokafka_driver.Consumer):
         """Seek to the committed offsets; remember them as where each partition's run starts.
 
         Faust also calls this between rebalances (a fetch while the flow is paused), and the
-        broker may answer "nothing committed" for a partition that has a commit (seen once in
-        about ten chaos runs, on Tansu): a position never moves back, and an unknown commit
-        keeps the one this worker knows. A position lowered below what the intake already read
-        would make every later commit wait for offsets that are never read again.
+        broker may answer "nothing committed" for a partition that has a commit (seen in chaos
+        runs, on Tansu, when two seeks overlapped): seeks run one at a time, a position never
+        moves back, and an unknown commit keeps the one this worker knows. A position lowered
+        below what the intake already read would make every later commit wait for offsets that
+        are never read again.
         """
-        await super().perform_seek()
+        async with self._seek_lock:  # two seeks at once would each clear what the other found
+            await super().perform_seek()
+            topic = self._intake.topic
+            tps = [tp for tp in self.assignment() if tp.topic == topic]
+            found = {tp: self._read_offset.get(tp) for tp in tps}
+            unknown = [t for t, o in found.items() if o is None and t not in self._positions]
+            if unknown:  # nothing committed yet: the fetch starts at the log's first offset
+                found.update(await self.earliest_offsets(*unknown))
+            self._start_runs(found)
+
+    def _start_runs(self, found: Mapping[TP, int | None]) -> None:
+        """Start each partition's run at ``found`` (see :func:`run_starts`); no await here."""
         positions, holes = self._positions, self._holes
-        topic = self._intake.topic
-        tps = [tp for tp in self.assignment() if tp.topic == topic]
-        known = {tp: positions[tp] for tp in tps if tp in positions}
-        found = {tp: self._read_offset.get(tp) for tp in tps}
-        unknown = [tp for tp, offset in found.items() if offset is None and tp not in known]
-        if unknown:  # nothing committed yet: the fetch starts at the log's first offset
-            found.update(await self.earliest_offsets(*unknown))
+        known = {tp: positions[tp] for tp in found if tp in positions}
         positions.clear()
         holes.clear()
         self._hole_seeks.clear()
