@@ -38,6 +38,7 @@ from reindex_common.messages import (
     parse_scorecard_message,
 )
 from reindex_common.routing import shard_for
+from reindex_common.schema import SCORE_COLUMNS, SCORECARD_COLUMNS
 
 T = TypeVar("T")
 
@@ -222,6 +223,15 @@ def _repeated(values: list[T], counts: list[int]) -> list[T]:
     return out
 
 
+def _job_counts(scorecards: Iterable[tuple[str, int]]) -> dict[str, tuple[int, int]]:
+    """Job id -> (scorecards, scores), from each scorecard's job and number of scores."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for job, scores in scorecards:
+        counts[job][0] += 1
+        counts[job][1] += scores
+    return {j: (c[0], c[1]) for j, c in counts.items()}
+
+
 def _columns(
     shard: int, messages: list[ScorecardMessageDict], job_offsets: JobOffsets, duplicates: int
 ) -> ShardBatch:
@@ -277,10 +287,6 @@ def _columns(
         for m, c in zip(messages, cards, strict=True)
         if m["clean_up"]
     ]
-    job_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for job, count in zip(jobs, counts, strict=True):
-        job_counts[job][0] += 1
-        job_counts[job][1] += count
     return ShardBatch(
         shard,
         clean_up_keys,
@@ -289,7 +295,7 @@ def _columns(
         scorecard_count=len(messages),
         score_count=len(scores),
         job_offsets=job_offsets,
-        job_counts={j: (c[0], c[1]) for j, c in job_counts.items()},
+        job_counts=_job_counts(zip(jobs, counts, strict=True)),
         duplicates=duplicates,
     )
 
@@ -389,25 +395,18 @@ def _json_shard(shard: int, items: list[tuple[KafkaRecord, dict[str, Any]]]) -> 
         card = message["scorecard"]
         latest[(card["customer_id"], card["profile_id"], card["scorecard_id"])] = (raw, message)
         job_offsets[message["job_id"]][raw.partition].append(raw.offset)
-    job_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    clean_up_keys = []
-    scores = 0
-    for key, (_, message) in latest.items():
-        count = len(message["scores"])
-        scores += count
-        job_counts[message["job_id"]][0] += 1
-        job_counts[message["job_id"]][1] += count
-        if message["clean_up"]:
-            clean_up_keys.append(key)
+    messages = [message for _, message in latest.values()]
+    counts = [len(message["scores"]) for message in messages]
+    clean_up_keys = [key for key, (_, m) in latest.items() if m["clean_up"]]
     return ShardBatch(
         shard,
         clean_up_keys,
-        scorecards=[[] for _ in range(16)],
-        scores=[[] for _ in range(15)],
+        scorecards=[[] for _ in SCORECARD_COLUMNS],
+        scores=[[] for _ in SCORE_COLUMNS],
         scorecard_count=len(latest),
-        score_count=scores,
+        score_count=sum(counts),
         job_offsets={j: dict(p) for j, p in job_offsets.items()},
-        job_counts={j: (c[0], c[1]) for j, c in job_counts.items()},
+        job_counts=_job_counts(zip((m["job_id"] for m in messages), counts, strict=True)),
         json_rows=b"\n".join(raw.value or b"" for raw, _ in latest.values()),
         raws=[raw for raw, _ in items],
         duplicates=len(items) - len(latest),

@@ -80,10 +80,6 @@ def _import_lazy_modules() -> None:
 class JsonRefused(Exception):
     """A shard refused a batch of messages' JSON; nothing of that statement was written."""
 
-    def __init__(self, error: ShardWriteError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
 
 def _sleep_fenced(seconds: float, fence: Fence) -> None:
     """Sleep, giving up as soon as the fence fires (a revoke must not wait out a backoff)."""
@@ -205,6 +201,10 @@ class ShardWriter:
         self, batch_number: int, batch: ShardBatch, rows: bytes, deadline: float, fence: Fence
     ) -> None:
         shard = self._settings.shards[batch.shard]
+        # One LZ4 frame of the rows for both statements; each body is its statement's own frame
+        # followed by it (a server reads concatenated frames as one stream, as clickhouse-connect
+        # sends them).
+        packed_rows = lz4.frame.compress(rows)
         for table, sql, count in (
             ("scorecards", SCORECARDS_SQL, batch.scorecard_count),
             ("scorecard_scores", SCORES_SQL, batch.score_count),
@@ -214,7 +214,7 @@ class ShardWriter:
             # Not the Native inserts' token: should the shard refuse, the Python path's inserts
             # of this batch must not be dropped as duplicates of a statement that wrote nothing.
             token = f"{self._nonce}-{batch_number}-{batch.shard}-{table}-json"
-            body = lz4.frame.compress(sql.encode() + b"\n" + rows)
+            body = lz4.frame.compress(sql.encode() + b"\n") + packed_rows
             insert = partial(self._insert_json, shard=shard, table=table, body=body, token=token)
             self._retrying(shard, f"insert into {table}", deadline, insert, fence)
 
@@ -233,7 +233,7 @@ class ShardWriter:
             error = wrap_error(e, shard, f"insert into {table}")
             if error.retryable:
                 raise
-            raise JsonRefused(error) from e
+            raise JsonRefused(str(error)) from e
 
     @staticmethod
     def _held(client: Client, keys: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
