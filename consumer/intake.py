@@ -303,10 +303,13 @@ class IntakeConsumer(aiokafka_driver.Consumer):
     async def _commit_offsets(
         self, offsets: Mapping[TP, int], start_new_transaction: bool = True
     ) -> bool:
+        # Faust commits only what is assigned when it starts (the rest is "discarded", and
+        # did_commit may still be True): a partition revoked meanwhile keeps its position.
+        assigned = self.assignment()
         did_commit = await super()._commit_offsets(offsets, start_new_transaction)
         if did_commit:
             for tp, offset in offsets.items():
-                if tp.topic == self._intake.topic:
+                if tp.topic == self._intake.topic and tp in assigned:
                     self._committed_to(tp, offset)
         return did_commit
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from faust.transport import consumer as faust_consumer
 from faust.types import TP
 
 from consumer.intake import Intake, IntakeConsumer, run_starts, written_up_to
@@ -244,3 +245,20 @@ def test_the_lease_runs_out_a_heartbeat_before_the_session() -> None:
     assert not lease.valid(now=105)
     lease.renew(at=99)  # an older answer arriving late does not extend it
     assert not lease.valid(now=105)
+
+
+def test_a_partition_revoked_during_a_commit_keeps_its_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Faust's _commit_offsets commits only the assigned partitions and reports success for
+    # them: the position of one it discarded must not move as if the broker had taken it.
+    consumer = _consumer({TP0: 10, TP1: 20}, {TP0: [10, 11], TP1: [20, 21]})
+    consumer.assignment = lambda: {TP0}
+
+    async def commit_assigned(self: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+        return TP0 in offsets
+
+    monkeypatch.setattr(faust_consumer.Consumer, "_commit_offsets", commit_assigned)
+    assert asyncio.run(consumer._commit_offsets({TP0: 12, TP1: 22}))
+    assert consumer._positions == {TP0: 12, TP1: 20}
+    assert consumer._acked[TP1] == [20, 21]  # still to commit by whoever owns it next
