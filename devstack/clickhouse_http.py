@@ -358,7 +358,12 @@ class Engine:
             )
 
     def insert_select(
-        self, head: bytes, fmt: str, data: Iterator[bytes], ctx: QueryContext
+        self,
+        head: bytes,
+        tokens: list[sql_guard.Token],
+        fmt: str,
+        data: Iterator[bytes],
+        ctx: QueryContext,
     ) -> Outcome:
         """Run ``INSERT ... SELECT ... FROM input('structure')`` over ``data`` (in ``fmt``).
 
@@ -366,10 +371,10 @@ class Engine:
         engine's directory and ``input('structure')`` becomes ``file(spool, fmt, 'structure')``
         (the statement was checked before the rewrite; ``file`` is the front's, not the
         client's). The result is the server's: the rows the SELECT gives, with its errors.
+        ``tokens`` are the statement's, as the guard read them.
         """
         sql = head.decode("utf-8", errors="strict").rstrip()
         calls = list(_INPUT_CALL.finditer(sql))
-        tokens = sql_guard.tokenize(sql)
         called = sum(
             1
             for t, after in itertools.pairwise(tokens)
@@ -392,15 +397,10 @@ class Engine:
             call = calls[0]
             source = f"file({quote_string(path)}, {quote_string(fmt)}, {call.group(1)})"
             rewritten = sql[: call.start()] + source + sql[call.end() :]
-            outcome = self.query(rewritten.encode(), "TabSeparated", ctx)
+            return self.query(rewritten.encode(), "TabSeparated", ctx)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
-        return Outcome(
-            written_rows=outcome.written_rows,
-            written_bytes=outcome.written_bytes,
-            elapsed_ns=outcome.elapsed_ns,
-        )
 
 
 # --- reading the request body --------------------------------------------------------------
@@ -980,10 +980,10 @@ class Handler(BaseHTTPRequestHandler):
                 yield from chunks
 
             self._what = _snippet(head)
-            _guard(head)
+            tokens = _guard(head)
             request.ctx.settings.extend(INSERT_SETTINGS)
             if split.select:
-                return None, engine.insert_select(head, split.fmt, data(), request.ctx)
+                return None, engine.insert_select(head, tokens, split.fmt, data(), request.ctx)
             return None, engine.insert(head, split.fmt, data(), request.ctx)
         limit = self.server.guard.max_query_bytes
         for chunk in itertools.chain([b""], chunks):
@@ -1056,9 +1056,9 @@ class Handler(BaseHTTPRequestHandler):
         sys.stderr.write(f"{line} {self._what}\n")
 
 
-def _guard(sql: bytes) -> None:
+def _guard(sql: bytes) -> list[sql_guard.Token]:
     try:
-        sql_guard.check(sql.decode("utf-8", "replace"))
+        return sql_guard.check(sql.decode("utf-8", "replace"))
     except sql_guard.RefusedError as e:
         raise ClickHouseError.of(ACCESS_DENIED, f"refused by the dev stack: {e}") from None
 

@@ -236,8 +236,9 @@ def check_setting(name: str) -> None:
         raise RefusedError(f"the setting {name} is not accepted by the dev stack")
 
 
-def check(sql: str) -> None:
-    """Raise :class:`RefusedError` if ``sql`` could reach files, URLs, servers or programs."""
+def check(sql: str) -> list[Token]:
+    """Raise :class:`RefusedError` if ``sql`` could reach files, URLs, servers or programs;
+    ``sql``'s tokens otherwise."""
     tokens = tokenize(sql)
     statement_start = True
     first_word = ""
@@ -245,7 +246,7 @@ def check(sql: str) -> None:
         if token.kind == "punct" and token.text == ";":
             if any(t.kind != "punct" or t.text != ";" for t in tokens[i + 1 :]):
                 raise RefusedError("more than one statement in a request")
-            break
+            return tokens
         name = _name(token)
         if name is None:
             continue
@@ -269,6 +270,7 @@ def check(sql: str) -> None:
                 )
         if token.kind == "word" and name == "engine":
             _check_engine(tokens, i, first_word)
+    return tokens
 
 
 def _check_engine(tokens: list[Token], i: int, first_word: str) -> None:
