@@ -33,7 +33,7 @@ from fix_pipeline import (
     workers,
 )
 
-from consumer.batch import RawMessage
+from consumer.batch import ParsedBatch, RawMessage
 from consumer.metrics import Metrics
 from consumer.processor import BatchProcessor
 from reindex_common.clickhouse import init_target_schema, shard_client
@@ -257,6 +257,27 @@ def _rows(settings: Settings) -> list[list[tuple[Any, ...]]]:
     return out
 
 
+def _raw(
+    offset: int, scorecard_id: str, value: bytes, *, customer: str = "cust-a", partition: int = 0
+) -> RawMessage:
+    key = scorecard_key(customer, "prof", scorecard_id)
+    return RawMessage("scorecards", partition, offset, key, value)
+
+
+@contextlib.contextmanager
+def _processor(settings: Settings, worker: str) -> Iterator[BatchProcessor]:
+    processor = BatchProcessor(settings, worker, Metrics(worker))
+    try:
+        yield processor
+    finally:
+        processor.close()
+
+
+def _as_json(parsed: ParsedBatch) -> bool:
+    """Whether every shard of the batch was (or is to be) written from the messages' JSON."""
+    return all(b.json_rows is not None for b in parsed.shards.values())
+
+
 @pytest.fixture
 def two_databases(make_settings: Callable[..., Settings]) -> Iterator[tuple[Settings, Settings]]:
     run = uuid.uuid4().hex[:8]
@@ -283,28 +304,16 @@ def test_the_shards_write_what_the_python_path_writes(
     cases = list(_cases())
     json_way: dict[str, bool] = {}
     for settings, worker in ((shards_parse, "json"), (python_only, "python")):
-        processor = BatchProcessor(settings, worker, Metrics(worker))
-        try:
+        with _processor(settings, worker) as processor:
             for number, (name, _, make) in enumerate(cases):
-                ids = (f"ok-{number:02d}", f"case-{number:02d}")
+                ok, case = f"ok-{number:02d}", f"case-{number:02d}"
                 raws = [
-                    RawMessage(
-                        "scorecards",
-                        0,
-                        2 * number + i,
-                        scorecard_key("cust-a", "prof", scorecard_id),
-                        json.dumps(_message(scorecard_id)).encode() if i == 0 else make(ids[1]),
-                    )
-                    for i, scorecard_id in enumerate(ids)
+                    _raw(2 * number, ok, json.dumps(_message(ok)).encode()),
+                    _raw(2 * number + 1, case, make(case)),
                 ]
-                parsed = processor.parse(raws)
-                report = processor.write(len(raws), parsed, 0.0)
+                report = processor.write(len(raws), processor.parse(raws), 0.0)
                 if worker == "json":
-                    json_way[name] = all(
-                        b.json_rows is not None for b in report.parsed.shards.values()
-                    )
-        finally:
-            processor.close()
+                    json_way[name] = _as_json(report.parsed)
 
     must = {name for name, shards_write, _ in cases if shards_write}
     assert {name for name in must if not json_way[name]} == set(), "fell back to Python"
@@ -336,22 +345,14 @@ def test_a_message_refused_by_the_shard_sends_exactly_it_to_the_dlq(
         message = _message(scorecard_id, customer=f"cust-{offset % 7}")
         if offset == 137:
             message["scores"][1]["updated_at"] = "2026-02-30T00:00:00Z"
+        value = json.dumps(message).encode()
         raws.append(
-            RawMessage(
-                "scorecards",
-                offset % 3,
-                offset,
-                scorecard_key(f"cust-{offset % 7}", "prof", scorecard_id),
-                json.dumps(message).encode(),
-            )
+            _raw(offset, scorecard_id, value, customer=f"cust-{offset % 7}", partition=offset % 3)
         )
-    processor = BatchProcessor(settings, "one-bad", Metrics("one-bad"))
-    try:
+    with _processor(settings, "one-bad") as processor:
         parsed = processor.parse(raws)
-        assert all(b.json_rows is not None for b in parsed.shards.values())
+        assert _as_json(parsed)
         report = processor.write(len(raws), parsed, 0.0)
-    finally:
-        processor.close()
 
     assert [r.raw.offset for r in report.parsed.rejected] == [137]
     assert "updated_at" in report.parsed.rejected[0].reason
@@ -376,22 +377,10 @@ def test_times_are_written_exactly(two_databases: tuple[Settings, Settings]) -> 
     for offset, text in enumerate(times):
         message = _message(f"t-{offset}")
         message["scorecard"]["created_at"] = text
-        raws.append(
-            RawMessage(
-                "scorecards",
-                0,
-                offset,
-                scorecard_key("cust-a", "prof", f"t-{offset}"),
-                json.dumps(message).encode(),
-            )
-        )
-    processor = BatchProcessor(settings, "times", Metrics("times"))
-    try:
-        parsed = processor.parse(raws)
-        report = processor.write(len(raws), parsed, 0.0)
-    finally:
-        processor.close()
-    assert all(b.json_rows is not None for b in report.parsed.shards.values())
+        raws.append(_raw(offset, f"t-{offset}", json.dumps(message).encode()))
+    with _processor(settings, "times") as processor:
+        report = processor.write(len(raws), processor.parse(raws), 0.0)
+    assert _as_json(report.parsed)
     ticks = {}
     for shard in settings.shards:
         with shard_client(shard, database=settings.clickhouse_database) as client:
